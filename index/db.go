@@ -1,0 +1,423 @@
+package index
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Top-level buckets. Scope buckets are nested under bucketScopes so that no
+// scope name can collide with the index's own buckets.
+var (
+	bucketMeta   = []byte("meta")
+	bucketScopes = []byte("scopes")
+	bucketUsage  = []byte("usage")  // scope -> bytes(8) keys(8)
+	bucketRefs   = []byte("refs")   // fingerprint -> uvarint count of entries using it
+	bucketExpiry = []byte("expiry") // expiresAt(8, big endian) scope 0 key -> empty
+	keyFormat    = []byte("format")
+)
+
+const formatVersion = "1"
+
+// ErrFormat reports an index that was not written by this version.
+var ErrFormat = errors.New("index format not recognised")
+
+// DB is an open index.
+type DB struct {
+	bolt *bolt.DB
+}
+
+// Open opens or creates the index at path and makes sure the given scopes
+// have buckets.
+func Open(path string, scopes []string) (*DB, error) {
+	b, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:        time.Second,
+		NoFreelistSync: true, // the freelist is rebuilt on open; commits write less
+		FreelistType:   bolt.FreelistMapType,
+	})
+	if err != nil {
+		return nil, err
+	}
+	db := &DB{bolt: b}
+	err = b.Update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		switch v := meta.Get(keyFormat); {
+		case v == nil:
+			if err := meta.Put(keyFormat, []byte(formatVersion)); err != nil {
+				return err
+			}
+		case string(v) != formatVersion:
+			return fmt.Errorf("%w: version %q", ErrFormat, v)
+		}
+		for _, name := range [][]byte{bucketScopes, bucketUsage, bucketRefs, bucketExpiry} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		sb := tx.Bucket(bucketScopes)
+		for _, s := range scopes {
+			if _, err := sb.CreateBucketIfNotExists([]byte(s)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+// Close closes the index.
+func (db *DB) Close() error { return db.bolt.Close() }
+
+// Path is the index file.
+func (db *DB) Path() string { return db.bolt.Path() }
+
+// View runs fn in a read-only transaction.
+func (db *DB) View(fn func(*Tx) error) error {
+	return db.bolt.View(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
+}
+
+// Update runs fn in a read-write transaction, committed (and synced) when
+// fn returns nil.
+func (db *DB) Update(fn func(*Tx) error) error {
+	return db.bolt.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
+}
+
+// Batch is Update for concurrent writers: calls from several goroutines may
+// share one commit. fn may run more than once and must not have effects
+// outside the transaction.
+func (db *DB) Batch(fn func(*Tx) error) error {
+	return db.bolt.Batch(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
+}
+
+// Tx is an index transaction. Every change made through it keeps the
+// entries, usage, reference counts and expiry index consistent.
+type Tx struct {
+	tx *bolt.Tx
+}
+
+// Usage is what a scope holds.
+type Usage struct {
+	Bytes int64
+	Keys  int64
+}
+
+func (t *Tx) scope(scope string) (*bolt.Bucket, error) {
+	b := t.tx.Bucket(bucketScopes).Bucket([]byte(scope))
+	if b == nil {
+		return nil, fmt.Errorf("index: no bucket for scope %q", scope)
+	}
+	return b, nil
+}
+
+// Scopes lists the scope buckets present in the index.
+func (t *Tx) Scopes() []string {
+	var out []string
+	t.tx.Bucket(bucketScopes).ForEachBucket(func(k []byte) error {
+		out = append(out, string(k))
+		return nil
+	})
+	return out
+}
+
+// Get returns the entry of scope/key, expired or not.
+func (t *Tx) Get(scope, key string) (Entry, bool, error) {
+	b, err := t.scope(scope)
+	if err != nil {
+		return Entry{}, false, err
+	}
+	v := b.Get([]byte(key))
+	if v == nil {
+		return Entry{}, false, nil
+	}
+	e := Entry{Scope: scope, Key: key}
+	if err := e.Decode(v); err != nil {
+		return Entry{}, false, fmt.Errorf("%s/%s: %w", scope, key, err)
+	}
+	return e, true, nil
+}
+
+// Put stores e under e.Scope/e.Key and returns the entry it replaced.
+func (t *Tx) Put(e Entry) (old Entry, replaced bool, err error) {
+	b, err := t.scope(e.Scope)
+	if err != nil {
+		return Entry{}, false, err
+	}
+	old, replaced, err = t.Get(e.Scope, e.Key)
+	if err != nil {
+		return Entry{}, false, err
+	}
+	if err := b.Put([]byte(e.Key), e.Encode()); err != nil {
+		return Entry{}, false, err
+	}
+	u := t.Usage(e.Scope)
+	if replaced {
+		if err := t.unaccount(&old, &u); err != nil {
+			return Entry{}, false, err
+		}
+	}
+	u.Bytes += e.Size
+	u.Keys++
+	if err := t.addRef(e.Fingerprint, 1); err != nil {
+		return Entry{}, false, err
+	}
+	if !e.ExpiresAt.IsZero() {
+		if err := t.tx.Bucket(bucketExpiry).Put(expiryKey(e.ExpiresAt, e.Scope, e.Key), nil); err != nil {
+			return Entry{}, false, err
+		}
+	}
+	return old, replaced, t.SetUsage(e.Scope, u)
+}
+
+// SetMeta rewrites the record of an existing entry whose size and
+// fingerprint are unchanged (xattrs, chmod, touch, TTL changes).
+func (t *Tx) SetMeta(e Entry) error {
+	old, ok, err := t.Get(e.Scope, e.Key)
+	if err != nil {
+		return err
+	}
+	if !ok || old.Size != e.Size || old.Fingerprint != e.Fingerprint {
+		return fmt.Errorf("index: SetMeta of %s/%s would change its value", e.Scope, e.Key)
+	}
+	b, _ := t.scope(e.Scope)
+	if err := b.Put([]byte(e.Key), e.Encode()); err != nil {
+		return err
+	}
+	if !old.ExpiresAt.Equal(e.ExpiresAt) {
+		ex := t.tx.Bucket(bucketExpiry)
+		if !old.ExpiresAt.IsZero() {
+			if err := ex.Delete(expiryKey(old.ExpiresAt, old.Scope, old.Key)); err != nil {
+				return err
+			}
+		}
+		if !e.ExpiresAt.IsZero() {
+			if err := ex.Put(expiryKey(e.ExpiresAt, e.Scope, e.Key), nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Delete removes scope/key and returns the removed entry.
+func (t *Tx) Delete(scope, key string) (Entry, bool, error) {
+	old, ok, err := t.Get(scope, key)
+	if err != nil || !ok {
+		return old, ok, err
+	}
+	b, _ := t.scope(scope)
+	if err := b.Delete([]byte(key)); err != nil {
+		return Entry{}, false, err
+	}
+	u := t.Usage(scope)
+	if err := t.unaccount(&old, &u); err != nil {
+		return Entry{}, false, err
+	}
+	return old, true, t.SetUsage(scope, u)
+}
+
+// unaccount removes the derived state of an entry that is going away.
+func (t *Tx) unaccount(old *Entry, u *Usage) error {
+	u.Bytes -= old.Size
+	u.Keys--
+	if !old.ExpiresAt.IsZero() {
+		if err := t.tx.Bucket(bucketExpiry).Delete(expiryKey(old.ExpiresAt, old.Scope, old.Key)); err != nil {
+			return err
+		}
+	}
+	return t.addRef(old.Fingerprint, -1)
+}
+
+// ForEach calls fn for every entry of scope in key order, expired or not.
+func (t *Tx) ForEach(scope string, fn func(*Entry) error) error {
+	b, err := t.scope(scope)
+	if err != nil {
+		return err
+	}
+	c := b.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		e := Entry{Scope: scope, Key: string(k)}
+		if err := e.Decode(v); err != nil {
+			return fmt.Errorf("%s/%s: %w", scope, k, err)
+		}
+		if err := fn(&e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ForEachRaw calls fn with every record of scope, undecoded: fsck uses it
+// to find records that do not decode.
+func (t *Tx) ForEachRaw(scope string, fn func(key string, record []byte) error) error {
+	b, err := t.scope(scope)
+	if err != nil {
+		return err
+	}
+	return b.ForEach(func(k, v []byte) error { return fn(string(k), v) })
+}
+
+// DeleteRaw removes a record without touching derived state (for records
+// that cannot be decoded; fsck recomputes the derived state afterwards).
+func (t *Tx) DeleteRaw(scope, key string) error {
+	b, err := t.scope(scope)
+	if err != nil {
+		return err
+	}
+	return b.Delete([]byte(key))
+}
+
+// Usage returns the usage counters of scope.
+func (t *Tx) Usage(scope string) Usage {
+	v := t.tx.Bucket(bucketUsage).Get([]byte(scope))
+	if len(v) != 16 {
+		return Usage{}
+	}
+	return Usage{
+		Bytes: int64(binary.BigEndian.Uint64(v[:8])),
+		Keys:  int64(binary.BigEndian.Uint64(v[8:])),
+	}
+}
+
+// SetUsage overwrites the usage counters of scope.
+func (t *Tx) SetUsage(scope string, u Usage) error {
+	var v [16]byte
+	binary.BigEndian.PutUint64(v[:8], uint64(u.Bytes))
+	binary.BigEndian.PutUint64(v[8:], uint64(u.Keys))
+	return t.tx.Bucket(bucketUsage).Put([]byte(scope), v[:])
+}
+
+// Refs returns how many entries use the blob fp.
+func (t *Tx) Refs(fp Fingerprint) uint64 {
+	v := t.tx.Bucket(bucketRefs).Get(fp[:])
+	n, _ := binary.Uvarint(v)
+	return n
+}
+
+// ForEachRef calls fn for every fingerprint with a reference count.
+func (t *Tx) ForEachRef(fn func(fp Fingerprint, n uint64) error) error {
+	return t.tx.Bucket(bucketRefs).ForEach(func(k, v []byte) error {
+		var fp Fingerprint
+		copy(fp[:], k)
+		n, _ := binary.Uvarint(v)
+		return fn(fp, n)
+	})
+}
+
+// SetRefs overwrites the reference count of fp (0 removes it).
+func (t *Tx) SetRefs(fp Fingerprint, n uint64) error {
+	b := t.tx.Bucket(bucketRefs)
+	if n == 0 {
+		return b.Delete(fp[:])
+	}
+	return b.Put(fp[:], binary.AppendUvarint(nil, n))
+}
+
+func (t *Tx) addRef(fp Fingerprint, delta int64) error {
+	n := int64(t.Refs(fp)) + delta
+	if n < 0 {
+		n = 0
+	}
+	return t.SetRefs(fp, uint64(n))
+}
+
+// Expired calls fn for every indexed entry whose expiry is at or before
+// now, oldest first. fn may delete the entry it is given.
+func (t *Tx) Expired(now time.Time, fn func(scope, key string) error) error {
+	var todo [][2]string
+	limit := expiryPrefix(now)
+	c := t.tx.Bucket(bucketExpiry).Cursor()
+	for k, _ := c.First(); k != nil && bytes.Compare(k[:8], limit) <= 0; k, _ = c.Next() {
+		scope, key, ok := splitExpiryKey(k)
+		if ok {
+			todo = append(todo, [2]string{scope, key})
+		}
+	}
+	for _, sk := range todo {
+		if err := fn(sk[0], sk[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ExpiredCount counts, per scope, the entries dead at now.
+func (t *Tx) ExpiredCount(now time.Time) map[string]int64 {
+	out := map[string]int64{}
+	t.Expired(now, func(scope, _ string) error {
+		out[scope]++
+		return nil
+	})
+	return out
+}
+
+// ClearExpiry empties the expiry index (fsck rebuilds it from the entries).
+func (t *Tx) ClearExpiry() error {
+	if err := t.tx.DeleteBucket(bucketExpiry); err != nil {
+		return err
+	}
+	_, err := t.tx.CreateBucket(bucketExpiry)
+	return err
+}
+
+// ClearRefs empties the reference counts (fsck rebuilds them).
+func (t *Tx) ClearRefs() error {
+	if err := t.tx.DeleteBucket(bucketRefs); err != nil {
+		return err
+	}
+	_, err := t.tx.CreateBucket(bucketRefs)
+	return err
+}
+
+// IndexExpiry adds e to the expiry index (fsck's rebuild).
+func (t *Tx) IndexExpiry(e *Entry) error {
+	if e.ExpiresAt.IsZero() {
+		return nil
+	}
+	return t.tx.Bucket(bucketExpiry).Put(expiryKey(e.ExpiresAt, e.Scope, e.Key), nil)
+}
+
+// ExpiryIndexSize is the number of entries in the expiry index.
+func (t *Tx) ExpiryIndexSize() int {
+	return t.tx.Bucket(bucketExpiry).Stats().KeyN
+}
+
+func expiryPrefix(at time.Time) []byte {
+	var p [8]byte
+	ns := at.UnixNano()
+	if ns < 0 {
+		ns = 0
+	}
+	binary.BigEndian.PutUint64(p[:], uint64(ns))
+	return p[:]
+}
+
+func expiryKey(at time.Time, scope, key string) []byte {
+	k := make([]byte, 0, 8+len(scope)+1+len(key))
+	k = append(k, expiryPrefix(at)...)
+	k = append(k, scope...)
+	k = append(k, 0)
+	return append(k, key...)
+}
+
+func splitExpiryKey(k []byte) (scope, key string, ok bool) {
+	if len(k) < 10 {
+		return "", "", false
+	}
+	rest := k[8:]
+	i := bytes.IndexByte(rest, 0)
+	if i < 0 {
+		return "", "", false
+	}
+	return string(rest[:i]), string(rest[i+1:]), true
+}

@@ -1,0 +1,480 @@
+package store
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"maps"
+	"mime"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
+	"time"
+
+	"github.com/iriskvfs/iriskvfs/index"
+	"github.com/iriskvfs/iriskvfs/quota"
+)
+
+// PutOptions describe the entry a write publishes. Zero fields take the
+// defaults: the scope's TTL, a content type guessed from the key's
+// extension or the first bytes, mode 0644, no metadata.
+type PutOptions struct {
+	TTL         time.Duration
+	ContentType string
+	Meta        map[string]string
+	Mode        uint32
+	UID, GID    uint32
+	// Inherit keeps the replaced entry's content type, metadata, mode,
+	// owner and per-key TTL where the options leave them zero: a file
+	// rewritten through the mount keeps its attributes.
+	Inherit bool
+	// Base starts the new value as a copy of the current one (a file opened
+	// for writing without O_TRUNC).
+	Base bool
+}
+
+const defaultMode = 0o644
+
+// Writer stages a new value for scope/key in a temporary file. Nothing is
+// visible until Commit, which publishes the value atomically and durably;
+// Abort (or a crash) leaves the old value untouched.
+type Writer struct {
+	s     *Store
+	scope quota.Scope
+	key   string
+	opts  PutOptions
+
+	f       *os.File
+	tmpName string
+	size    int64
+
+	// hash covers bytes [0, hashed) while writes arrive in order; a write
+	// elsewhere drops it and Commit hashes the file instead.
+	hash   hash.Hash
+	hashed int64
+
+	// room is how large the value may grow without exceeding the scope's
+	// quota, as last computed; a write past it recomputes before refusing.
+	room int64
+	done bool
+}
+
+// NewWriter starts a write of scope/key.
+func (s *Store) NewWriter(scope, key string, opts PutOptions) (*Writer, error) {
+	sc, err := s.checkAddress(scope, key)
+	if err == nil {
+		err = validatePutOptions(&opts)
+	}
+	if err != nil {
+		return nil, opErr("put", scope, key, err)
+	}
+	w := &Writer{s: s, scope: sc, key: key, opts: opts, hash: sha256.New()}
+	if err := w.refreshRoom(); err != nil {
+		return nil, opErr("put", scope, key, err)
+	}
+	if err := w.createTmp(); err != nil {
+		return nil, opErr("put", scope, key, err)
+	}
+	if opts.Base {
+		if err := w.copyBase(); err != nil {
+			w.Abort()
+			return nil, opErr("put", scope, key, err)
+		}
+	}
+	return w, nil
+}
+
+// Put writes the whole of r as the value of scope/key and returns the
+// published entry. r is streamed: a value never has to fit in memory.
+func (s *Store) Put(scope, key string, r io.Reader, opts PutOptions) (index.Entry, error) {
+	w, err := s.NewWriter(scope, key, opts)
+	if err != nil {
+		return index.Entry{}, err
+	}
+	if _, err := io.Copy(w, r); err != nil {
+		w.Abort()
+		return index.Entry{}, err
+	}
+	return w.Commit()
+}
+
+func validatePutOptions(o *PutOptions) error {
+	if err := validateTTL(o.TTL); err != nil {
+		return err
+	}
+	if err := validateContentType(o.ContentType); err != nil {
+		return err
+	}
+	if err := validateMeta(o.Meta); err != nil {
+		return err
+	}
+	if o.Mode&^0o7777 != 0 {
+		return fmt.Errorf("%w: mode %o", ErrBadArgument, o.Mode)
+	}
+	return nil
+}
+
+func (w *Writer) createTmp() error {
+	var rnd [12]byte
+	_, _ = rand.Read(rnd[:])
+	name := hex.EncodeToString(rnd[:]) + tmpSuffix
+	w.s.tmpMu.Lock()
+	w.s.liveTmp[name] = struct{}{}
+	w.s.tmpMu.Unlock()
+	f, err := os.OpenFile(filepath.Join(w.s.dir, tmpDir, name), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		w.forgetTmp(name)
+		return err
+	}
+	w.f, w.tmpName = f, name
+	return nil
+}
+
+func (w *Writer) forgetTmp(name string) {
+	w.s.tmpMu.Lock()
+	delete(w.s.liveTmp, name)
+	w.s.tmpMu.Unlock()
+}
+
+func (w *Writer) copyBase() error {
+	old, err := w.s.lookup(w.scope.Name, w.key)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	v, err := w.s.openEntry(&old)
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	_, err = io.Copy(w, v.Reader())
+	return err
+}
+
+// refreshRoom recomputes how large the value may grow.
+func (w *Writer) refreshRoom() error {
+	return w.s.db.View(func(tx *index.Tx) error {
+		old, found, err := tx.Get(w.scope.Name, w.key)
+		if err != nil {
+			return err
+		}
+		var oldSize int64
+		if found {
+			oldSize = old.Size
+		}
+		u := tx.Usage(w.scope.Name)
+		w.room = w.scope.Room(quota.Usage{Bytes: u.Bytes, Keys: u.Keys}, oldSize)
+		return nil
+	})
+}
+
+// admit checks, before any byte lands, that the value may grow to size.
+// Expired entries of the scope still count until reclaimed, so a write that
+// would not fit first reclaims them.
+func (w *Writer) admit(size int64) error {
+	if size <= w.room {
+		return nil
+	}
+	if size > w.scope.Quota {
+		w.s.counters.QuotaRejects.Add(1)
+		return fmt.Errorf("%w: %d bytes, quota of %s is %d bytes", ErrTooLarge, size, w.scope.Name, w.scope.Quota)
+	}
+	if err := w.refreshRoom(); err != nil {
+		return err
+	}
+	if size <= w.room {
+		return nil
+	}
+	if n, _ := w.s.reclaimExpired(w.scope.Name); n > 0 {
+		if err := w.refreshRoom(); err != nil {
+			return err
+		}
+		if size <= w.room {
+			return nil
+		}
+	}
+	w.s.counters.QuotaRejects.Add(1)
+	return fmt.Errorf("%w: %s has room for %d more bytes of this value, it would have %d", ErrOverQuota, w.scope.Name, w.room, size)
+}
+
+func (w *Writer) usable() error {
+	if w.done {
+		return errors.New("writer already committed or aborted")
+	}
+	return nil
+}
+
+// Write appends p.
+func (w *Writer) Write(p []byte) (int, error) {
+	return w.WriteAt(p, w.size)
+}
+
+// WriteAt writes p at off. A write that would take the value past its
+// scope's quota writes nothing and fails with ErrOverQuota or ErrTooLarge.
+func (w *Writer) WriteAt(p []byte, off int64) (int, error) {
+	if err := w.usable(); err != nil {
+		return 0, err
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("%w: negative offset", ErrBadArgument)
+	}
+	end := off + int64(len(p))
+	if end > w.size {
+		if err := w.admit(end); err != nil {
+			return 0, opErr("write", w.scope.Name, w.key, err)
+		}
+	}
+	n, err := w.f.WriteAt(p, off)
+	if w.hash != nil {
+		if off == w.size { // an append to the hashed prefix (hashed == size while hash is set)
+			w.hash.Write(p[:n])
+			w.hashed += int64(n)
+		} else {
+			w.hash = nil
+		}
+	}
+	if e := off + int64(n); e > w.size {
+		w.size = e
+	}
+	if err != nil {
+		return n, opErr("write", w.scope.Name, w.key, err)
+	}
+	return n, nil
+}
+
+// ReadAt reads back the staged bytes (a reader of the file being written).
+func (w *Writer) ReadAt(p []byte, off int64) (int, error) {
+	if err := w.usable(); err != nil {
+		return 0, err
+	}
+	if off >= w.size {
+		return 0, io.EOF
+	}
+	if max := w.size - off; int64(len(p)) > max {
+		p = p[:max]
+		n, err := w.f.ReadAt(p, off)
+		if err == nil {
+			err = io.EOF
+		}
+		return n, err
+	}
+	return w.f.ReadAt(p, off)
+}
+
+// Truncate sets the staged value's size.
+func (w *Writer) Truncate(size int64) error {
+	if err := w.usable(); err != nil {
+		return err
+	}
+	if size < 0 {
+		return fmt.Errorf("%w: negative size", ErrBadArgument)
+	}
+	if size > w.size {
+		if err := w.admit(size); err != nil {
+			return opErr("truncate", w.scope.Name, w.key, err)
+		}
+	}
+	if err := w.f.Truncate(size); err != nil {
+		return opErr("truncate", w.scope.Name, w.key, err)
+	}
+	if size != w.hashed {
+		w.hash = nil
+	}
+	w.size = size
+	return nil
+}
+
+// Size is the staged value's size.
+func (w *Writer) Size() int64 { return w.size }
+
+// Abort discards the staged value.
+func (w *Writer) Abort() {
+	if w.done {
+		return
+	}
+	w.done = true
+	w.f.Close()
+	os.Remove(filepath.Join(w.s.dir, tmpDir, w.tmpName))
+	w.forgetTmp(w.tmpName)
+}
+
+// Commit publishes the staged value. When it returns nil the value is
+// durable: its blob is synced and named, and the index commit that points
+// the key at it is synced. On any error the key keeps its previous value.
+func (w *Writer) Commit() (index.Entry, error) {
+	if err := w.usable(); err != nil {
+		return index.Entry{}, err
+	}
+	e, err := w.commit()
+	w.Abort() // releases the temporary file in every case
+	return e, opErr("put", w.scope.Name, w.key, err)
+}
+
+func (w *Writer) commit() (index.Entry, error) {
+	s := w.s
+	s.exclusive.RLock()
+	defer s.exclusive.RUnlock()
+	if s.closed.Load() {
+		return index.Entry{}, ErrClosed
+	}
+	var fp index.Fingerprint
+	if w.hash != nil && w.hashed == w.size {
+		copy(fp[:], w.hash.Sum(nil))
+	} else {
+		h := sha256.New()
+		if _, err := io.Copy(h, io.NewSectionReader(w.f, 0, w.size)); err != nil {
+			return index.Entry{}, err
+		}
+		copy(fp[:], h.Sum(nil))
+	}
+	sniff := make([]byte, min(w.size, 512))
+	if _, err := w.f.ReadAt(sniff, 0); err != nil && !errors.Is(err, io.EOF) {
+		return index.Entry{}, err
+	}
+	if err := w.f.Chmod(0o444); err != nil {
+		return index.Entry{}, err
+	}
+	if err := w.f.Sync(); err != nil {
+		return index.Entry{}, err
+	}
+
+	s.blobMu.Lock()
+	concurrent := s.inflight[fp] > 0
+	s.inflight[fp]++
+	s.blobMu.Unlock()
+	var dropped []index.Fingerprint
+	defer func() {
+		s.blobMu.Lock()
+		if s.inflight[fp]--; s.inflight[fp] == 0 {
+			delete(s.inflight, fp)
+		}
+		s.blobMu.Unlock()
+		s.removeBlobs(dropped)
+	}()
+
+	blob := s.BlobPath(fp)
+	_, statErr := os.Lstat(blob)
+	existed := statErr == nil
+	if err := os.Rename(filepath.Join(s.dir, tmpDir, w.tmpName), blob); err != nil {
+		return index.Entry{}, err
+	}
+	// A blob that was already named (and not by a writer still in flight) is
+	// already durable; a new name needs the directory synced before the
+	// index may point at it.
+	if !existed || concurrent {
+		if err := syncDir(s.blobDir(fp)); err != nil {
+			return index.Entry{}, err
+		}
+	}
+
+	now := s.now().UTC()
+	var published index.Entry
+	err := s.db.Batch(func(tx *index.Tx) error {
+		dropped = dropped[:0]
+		old, found, err := tx.Get(w.scope.Name, w.key)
+		if err != nil {
+			return err
+		}
+		e := w.newEntry(now, fp, sniff, old, found)
+		var oldSize int64
+		if found {
+			oldSize = old.Size
+		}
+		u := tx.Usage(w.scope.Name)
+		if err := w.scope.Admit(quota.Usage{Bytes: u.Bytes, Keys: u.Keys}, oldSize, e.Size); err != nil {
+			freed, _, rerr := reclaimExpiredTx(tx, w.scope.Name, now)
+			if rerr != nil {
+				return rerr
+			}
+			dropped = append(dropped, freed...)
+			if found && old.ExpiredAt(now) {
+				oldSize = 0
+			}
+			u = tx.Usage(w.scope.Name)
+			if err := w.scope.Admit(quota.Usage{Bytes: u.Bytes, Keys: u.Keys}, oldSize, e.Size); err != nil {
+				return err
+			}
+		}
+		prev, replaced, err := tx.Put(e)
+		if err != nil {
+			return err
+		}
+		if replaced && prev.Fingerprint != fp && tx.Refs(prev.Fingerprint) == 0 {
+			dropped = append(dropped, prev.Fingerprint)
+		}
+		published = e
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, ErrOverQuota) || errors.Is(err, ErrTooLarge) {
+			s.counters.QuotaRejects.Add(1)
+		}
+		dropped = append(dropped[:0], fp) // the blob we named, if nothing else uses it
+	}
+	return published, err
+}
+
+func (w *Writer) newEntry(now time.Time, fp index.Fingerprint, sniff []byte, old index.Entry, found bool) index.Entry {
+	o := w.opts
+	e := index.Entry{
+		Scope: w.scope.Name, Key: w.key, Size: w.size, Fingerprint: fp,
+		CreatedAt: now, ModTime: now,
+		ContentType: o.ContentType, Meta: maps.Clone(o.Meta), Mode: o.Mode, UID: o.UID, GID: o.GID,
+		TTL: o.TTL,
+	}
+	if o.Inherit && found {
+		if e.ContentType == "" {
+			e.ContentType = old.ContentType
+		}
+		if e.Meta == nil {
+			e.Meta = maps.Clone(old.Meta)
+		}
+		if e.Mode == 0 {
+			e.Mode = old.Mode
+		}
+		if e.UID == 0 && e.GID == 0 {
+			e.UID, e.GID = old.UID, old.GID
+		}
+		if e.TTL == 0 {
+			e.TTL = old.TTL
+		}
+	}
+	if e.TTL == 0 {
+		e.TTL = w.scope.TTL
+	}
+	if e.TTL > 0 {
+		e.ExpiresAt = now.Add(e.TTL)
+	}
+	if e.Mode == 0 {
+		e.Mode = defaultMode
+	}
+	if e.ContentType == "" {
+		e.ContentType = guessContentType(w.key, sniff)
+	}
+	return e
+}
+
+// guessContentType names a value's type from its key's extension, or else
+// from its first bytes.
+func guessContentType(key string, head []byte) string {
+	switch ext := path.Ext(key); ext {
+	case ".md", ".markdown":
+		return "text/markdown; charset=utf-8"
+	case "":
+	default:
+		if t := mime.TypeByExtension(ext); t != "" {
+			return t
+		}
+	}
+	if len(head) == 0 {
+		return "application/octet-stream"
+	}
+	return http.DetectContentType(head)
+}
