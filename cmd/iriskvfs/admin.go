@@ -32,7 +32,7 @@ func globalFlags() []cli.Flag {
 
 func commands() []*cli.Command {
 	jsonFlag := &cli.BoolFlag{Name: "json", Usage: "print JSON (stable field names, for scripts)"}
-	return []*cli.Command{
+	return append(mountCommands(), []*cli.Command{
 		{
 			Name: "put", Usage: "store a value (from FILE, or stdin for - or no FILE)", ArgsUsage: "SCOPE KEY [FILE|-]",
 			Flags: []cli.Flag{
@@ -63,7 +63,7 @@ func commands() []*cli.Command {
 				return nil
 			},
 		},
-	}
+	}...)
 }
 
 // loadPolicy reads --config, or returns the built-in policy.

@@ -1,0 +1,213 @@
+// Package fs presents a store as a FUSE filesystem: the root holds one
+// directory per scope and a .stats file; a scope directory holds one
+// regular file per live key and a generated _index.json. This package is
+// FUSE glue only: every decision about keys, quotas, TTLs and integrity is
+// the store's, and store errors become errnos in errno.go.
+package fs
+
+import (
+	"log/slog"
+	"sync"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/iriskvfs/iriskvfs/store"
+)
+
+// Options configure the filesystem.
+type Options struct {
+	// UID and GID own every file and directory unless an entry says
+	// otherwise (chown by root).
+	UID, GID uint32
+	// ReadOnly refuses every change with EROFS.
+	ReadOnly bool
+	// CacheTimeout is the longest the kernel may cache a name or its
+	// attributes; an entry's own expiry shortens it.
+	CacheTimeout time.Duration
+	// MountPoint is where the filesystem is mounted; _index.json reports
+	// paths under it.
+	MountPoint string
+	Logger     *slog.Logger
+}
+
+// FS is the state shared by every node of one mount.
+type FS struct {
+	store *store.Store
+	opts  Options
+	log   *slog.Logger
+	notes *notifier
+}
+
+// NewRoot returns the root node of a filesystem over s.
+func NewRoot(s *store.Store, opts Options) *Root {
+	if opts.CacheTimeout == 0 {
+		opts.CacheTimeout = time.Hour
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	f := &FS{store: s, opts: opts, log: opts.Logger, notes: newNotifier()}
+	return &Root{fs: f}
+}
+
+// MountOptions are the go-fuse options that go with a root from NewRoot.
+func MountOptions(storeDir string, opts Options, allowOther, directMount bool) *gofs.Options {
+	zero := time.Duration(0)
+	long := opts.CacheTimeout
+	if long == 0 {
+		long = time.Hour
+	}
+	o := &gofs.Options{
+		// Handlers set the timeouts of every answer; these are the fallbacks.
+		EntryTimeout:    &long,
+		AttrTimeout:     &long,
+		NegativeTimeout: &zero,
+		UID:             opts.UID,
+		GID:             opts.GID,
+	}
+	o.MountOptions = fuse.MountOptions{
+		Name:               "iriskvfs",
+		FsName:             storeDir,
+		AllowOther:         allowOther,
+		DirectMount:        directMount,
+		MaxWrite:           1 << 20,
+		DisableReadDirPlus: true, // one LOOKUP per name beats READDIRPLUS for large scopes
+		// Our xattrs are metadata, not security labels: don't let the
+		// kernel ask for security.* on every write.
+		IgnoreSecurityLabels: true,
+	}
+	if allowOther {
+		o.MountOptions.Options = append(o.MountOptions.Options, "default_permissions")
+	}
+	if opts.ReadOnly {
+		o.MountOptions.Options = append(o.MountOptions.Options, "ro")
+	}
+	return o
+}
+
+// Close stops the background notifier.
+func (r *Root) Close() { r.fs.notes.close() }
+
+// timeoutUntil is how long the kernel may cache something that dies at
+// expires (zero: never).
+func (f *FS) timeoutUntil(expires time.Time) time.Duration {
+	d := f.opts.CacheTimeout
+	if !expires.IsZero() {
+		left := expires.Sub(f.store.Now())
+		if left < 0 {
+			left = 0
+		}
+		if left < d {
+			d = left
+		}
+	}
+	return d
+}
+
+func (f *FS) errno(err error) syscall.Errno { return toErrno(f.log, err) }
+
+// notifier sends cache invalidations to the kernel from its own goroutine:
+// a notification sent from inside a FUSE request on the same inode can
+// deadlock against the kernel's locks.
+type notifier struct {
+	mu      sync.Mutex
+	queue   []func()
+	stopped bool
+	wake    chan struct{} // never closed; a pending wake-up is enough
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+func newNotifier() *notifier {
+	n := &notifier{wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	go n.loop()
+	return n
+}
+
+func (n *notifier) post(fn func()) {
+	n.mu.Lock()
+	if n.stopped {
+		n.mu.Unlock()
+		return
+	}
+	n.queue = append(n.queue, fn)
+	n.mu.Unlock()
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (n *notifier) drain() {
+	for {
+		n.mu.Lock()
+		q := n.queue
+		n.queue = nil
+		n.mu.Unlock()
+		if len(q) == 0 {
+			return
+		}
+		for _, fn := range q {
+			fn()
+		}
+	}
+}
+
+func (n *notifier) loop() {
+	defer close(n.done)
+	for {
+		select {
+		case <-n.wake:
+			n.drain()
+		case <-n.stop:
+			return
+		}
+	}
+}
+
+// close stops the notifier, dropping what is queued: after unmount there is
+// no kernel cache to invalidate.
+func (n *notifier) close() {
+	n.mu.Lock()
+	if n.stopped {
+		n.mu.Unlock()
+		return
+	}
+	n.stopped = true
+	n.mu.Unlock()
+	close(n.stop)
+	<-n.done
+}
+
+// invalidateName makes the kernel forget parent/name (and its cached
+// attributes) so the next access looks it up again.
+func (f *FS) invalidateName(parent *gofs.Inode, name string) {
+	f.notes.post(func() { _ = parent.NotifyEntry(name) })
+}
+
+// dirAttr fills the attributes of a directory.
+func (f *FS) dirAttr(out *fuse.Attr) {
+	out.Mode = syscall.S_IFDIR | 0o755
+	out.Nlink = 2
+	out.Uid, out.Gid = f.opts.UID, f.opts.GID
+}
+
+// statfs fills out for a quota of total bytes of which used are used.
+func statfs(out *fuse.StatfsOut, total, used, keys int64) {
+	const bsize = 4096
+	free := total - used
+	if free < 0 {
+		free = 0
+	}
+	out.Bsize = bsize
+	out.Frsize = bsize
+	out.Blocks = uint64((total + bsize - 1) / bsize)
+	out.Bfree = uint64(free / bsize)
+	out.Bavail = out.Bfree
+	out.Files = uint64(keys)
+	out.Ffree = 1 << 20
+	out.NameLen = store.MaxKeyLen
+}

@@ -1,0 +1,229 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/iriskvfs/iriskvfs/store"
+)
+
+// readHandle reads one verified value.
+type readHandle struct {
+	v *store.Value
+}
+
+var (
+	_ gofs.FileReader   = (*readHandle)(nil)
+	_ gofs.FileReleaser = (*readHandle)(nil)
+	_ gofs.FileFlusher  = (*readHandle)(nil)
+)
+
+func (h *readHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n, err := h.v.ReadAt(dest, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, syscall.EIO
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (h *readHandle) Flush(ctx context.Context) syscall.Errno { return 0 }
+
+func (h *readHandle) Release(ctx context.Context) syscall.Errno {
+	h.v.Close()
+	return 0
+}
+
+// writeHandle stages a new value for its key in a store.Writer and
+// publishes it when the file is flushed (close) or fsynced. Until then
+// readers of the key see the published value. The writer is made on the
+// first change, so an open that only reads, or that truncates to zero
+// first (O_TRUNC), never copies the old value.
+type writeHandle struct {
+	node *keyFile
+
+	mu        sync.Mutex
+	w         *store.Writer
+	base      *store.Value // the published value, for reads before any change
+	truncated bool         // the next writer starts empty
+}
+
+var (
+	_ gofs.FileReader    = (*writeHandle)(nil)
+	_ gofs.FileWriter    = (*writeHandle)(nil)
+	_ gofs.FileFlusher   = (*writeHandle)(nil)
+	_ gofs.FileFsyncer   = (*writeHandle)(nil)
+	_ gofs.FileReleaser  = (*writeHandle)(nil)
+	_ gofs.FileGetattrer = (*writeHandle)(nil)
+)
+
+// size is the staged value's size, if a change is staged.
+func (h *writeHandle) size() (int64, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.w == nil {
+		return 0, false
+	}
+	return h.w.Size(), true
+}
+
+func (h *writeHandle) dirty() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.w != nil
+}
+
+// writer returns the staging writer, making it on first use. Callers hold mu.
+func (h *writeHandle) writer() (*store.Writer, syscall.Errno) {
+	if h.w != nil {
+		return h.w, 0
+	}
+	k := h.node
+	k.mu.Lock()
+	key := k.key
+	opts := store.PutOptions{
+		Inherit: true,
+		Base:    !h.truncated,
+		Mode:    k.pendingAttr.Mode, UID: k.pendingAttr.UID, GID: k.pendingAttr.GID,
+	}
+	k.mu.Unlock()
+	w, err := k.fs.store.NewWriter(k.scope(), key, opts)
+	if err != nil {
+		return nil, k.fs.errno(err)
+	}
+	h.w = w
+	return w, 0
+}
+
+func (h *writeHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	w, errno := h.writer()
+	if errno != 0 {
+		return 0, errno
+	}
+	n, err := w.WriteAt(data, off)
+	if err != nil {
+		return uint32(n), h.node.fs.errno(err)
+	}
+	return uint32(n), 0
+}
+
+func (h *writeHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var r io.ReaderAt
+	switch {
+	case h.w != nil:
+		r = h.w
+	case h.truncated:
+		return fuse.ReadResultData(nil), 0
+	default:
+		if h.base == nil {
+			k := h.node
+			k.mu.Lock()
+			key, pending := k.key, k.pending
+			k.mu.Unlock()
+			if pending {
+				return fuse.ReadResultData(nil), 0
+			}
+			v, err := k.fs.store.Open(k.scope(), key)
+			if err != nil {
+				return nil, k.fs.errno(err)
+			}
+			h.base = v
+		}
+		r = h.base
+	}
+	n, err := r.ReadAt(dest, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, h.node.fs.errno(err)
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+// truncate sets the staged value's size; to zero, it skips copying the old
+// value altogether.
+func (h *writeHandle) truncate(size int64) syscall.Errno {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.w == nil && size == 0 {
+		h.truncated = true
+	}
+	w, errno := h.writer()
+	if errno != 0 {
+		return errno
+	}
+	if err := w.Truncate(size); err != nil {
+		return h.node.fs.errno(err)
+	}
+	return 0
+}
+
+func (h *writeHandle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
+	return h.node.Getattr(ctx, h, out)
+}
+
+// publish commits the staged value. A file created through the mount is
+// published even if nothing was written (touch makes an empty key).
+func (h *writeHandle) publish() syscall.Errno {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	k := h.node
+	k.mu.Lock()
+	pending, unlinked := k.pending, k.unlinked
+	k.mu.Unlock()
+	if unlinked {
+		if h.w != nil {
+			h.w.Abort()
+			h.w = nil
+		}
+		return 0
+	}
+	if h.w == nil && !pending {
+		return 0
+	}
+	w, errno := h.writer()
+	if errno != 0 {
+		k.abandoned()
+		return errno
+	}
+	h.w = nil
+	h.truncated = false
+	if h.base != nil {
+		h.base.Close()
+		h.base = nil
+	}
+	e, err := w.Commit()
+	if err != nil {
+		k.abandoned()
+		return k.fs.errno(err)
+	}
+	k.published(e)
+	return 0
+}
+
+// Flush runs on every close(2) of the file: its result is close's result,
+// so a value whose close returned 0 is published and on disk.
+func (h *writeHandle) Flush(ctx context.Context) syscall.Errno { return h.publish() }
+
+func (h *writeHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno { return h.publish() }
+
+func (h *writeHandle) Release(ctx context.Context) syscall.Errno {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.w != nil { // a publish that failed, or writes after the last close
+		h.w.Abort()
+		h.w = nil
+	}
+	if h.base != nil {
+		h.base.Close()
+		h.base = nil
+	}
+	return 0
+}

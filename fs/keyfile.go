@@ -1,0 +1,507 @@
+package fs
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/iriskvfs/iriskvfs/index"
+	"github.com/iriskvfs/iriskvfs/quota"
+	"github.com/iriskvfs/iriskvfs/store"
+)
+
+// keyFile is one version of one key: the inode shows exactly one value
+// (fingerprint). A new value of the key gets a new inode (see
+// scopeDir.versionInode); this one lives on for whoever still has it open.
+type keyFile struct {
+	gofs.Inode
+	fs  *FS
+	dir *scopeDir
+
+	mu       sync.Mutex
+	key      string
+	entry    index.Entry // the value shown; zero while pending
+	pending  bool        // created through the mount, not yet published
+	unlinked bool        // removed while open: never publish it
+	// superseded is set once the key has a newer value than this inode's.
+	superseded  bool
+	pendingAttr struct{ Mode, UID, GID uint32 }
+}
+
+var (
+	_ gofs.NodeGetattrer     = (*keyFile)(nil)
+	_ gofs.NodeSetattrer     = (*keyFile)(nil)
+	_ gofs.NodeOpener        = (*keyFile)(nil)
+	_ gofs.NodeGetxattrer    = (*keyFile)(nil)
+	_ gofs.NodeSetxattrer    = (*keyFile)(nil)
+	_ gofs.NodeListxattrer   = (*keyFile)(nil)
+	_ gofs.NodeRemovexattrer = (*keyFile)(nil)
+)
+
+// shows reports whether this inode shows value e, refreshing its metadata
+// (mode, times, TTL change) if so.
+func (k *keyFile) shows(e *index.Entry) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.pending || k.unlinked || k.superseded || k.entry.Fingerprint != e.Fingerprint {
+		return false
+	}
+	k.entry = *e
+	return true
+}
+
+func (k *keyFile) scope() string { return k.dir.scope }
+
+func (k *keyFile) name() string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.key
+}
+
+func (k *keyFile) markUnlinked() (pending bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.unlinked = true
+	return k.pending
+}
+
+func (k *keyFile) renamed(to string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.key = to
+	k.entry.Key = to
+}
+
+// published records that a write through this inode published e.
+func (k *keyFile) published(e index.Entry) {
+	k.mu.Lock()
+	wasPending := k.pending
+	if wasPending {
+		// A fresh inode nobody else read: it can show the new value.
+		k.pending, k.entry = false, e
+	} else {
+		k.superseded = true
+	}
+	k.mu.Unlock()
+	if !wasPending {
+		k.fs.invalidateName(k.dir.EmbeddedInode(), e.Key)
+	}
+}
+
+// abandoned records that a pending file will never be published.
+func (k *keyFile) abandoned() {
+	k.mu.Lock()
+	pending, key := k.pending, k.key
+	k.mu.Unlock()
+	if pending {
+		k.fs.invalidateName(k.dir.EmbeddedInode(), key)
+	}
+}
+
+// refresh re-reads the entry if the key still has this inode's value and
+// reports whether it does.
+func (k *keyFile) refresh() bool {
+	k.mu.Lock()
+	if k.pending || k.unlinked || k.superseded {
+		k.mu.Unlock()
+		return false
+	}
+	key, fp := k.key, k.entry.Fingerprint
+	k.mu.Unlock()
+	e, err := k.fs.store.Lookup(k.scope(), key)
+	if err != nil || e.Fingerprint != fp {
+		return false
+	}
+	return k.shows(&e)
+}
+
+func (k *keyFile) fillEntry(out *fuse.EntryOut, e *index.Entry) {
+	k.attrOf(e, 0, false, &out.Attr)
+	t := k.fs.timeoutUntil(e.ExpiresAt)
+	out.SetEntryTimeout(t)
+	out.SetAttrTimeout(t)
+}
+
+// attrOf fills attributes from e; with sized, size overrides e's.
+func (k *keyFile) attrOf(e *index.Entry, size int64, sized bool, out *fuse.Attr) {
+	if !sized {
+		size = e.Size
+	}
+	out.Mode = syscall.S_IFREG | (e.Mode & 0o7777)
+	if e.Mode == 0 {
+		out.Mode = syscall.S_IFREG | 0o644
+	}
+	out.Nlink = 1
+	out.Size = uint64(size)
+	out.Blocks = (out.Size + 511) / 512
+	out.Blksize = 4096
+	out.Uid, out.Gid = k.fs.opts.UID, k.fs.opts.GID
+	if e.UID != 0 || e.GID != 0 {
+		out.Uid, out.Gid = e.UID, e.GID
+	}
+	mtime, ctime := e.ModTime, e.CreatedAt
+	out.SetTimes(&mtime, &mtime, &ctime)
+}
+
+// fillAttr fills attributes for this inode as seen through handle h (nil
+// for a path operation).
+func (k *keyFile) fillAttr(out *fuse.Attr, h *writeHandle) {
+	k.mu.Lock()
+	e := k.entry
+	pending, unlinked := k.pending, k.unlinked
+	pa := k.pendingAttr
+	k.mu.Unlock()
+	if pending {
+		now := time.Now()
+		e = index.Entry{Mode: pa.Mode, UID: pa.UID, GID: pa.GID, ModTime: now, CreatedAt: now}
+	}
+	size, sized := int64(0), pending
+	if h != nil {
+		if s, ok := h.size(); ok {
+			size, sized = s, true
+		}
+	}
+	k.attrOf(&e, size, sized, out)
+	if unlinked {
+		out.Nlink = 0
+	}
+}
+
+func (k *keyFile) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	h, _ := f.(*writeHandle)
+	current := k.refresh()
+	k.fillAttr(&out.Attr, h)
+	if current && (h == nil || !h.dirty()) {
+		k.mu.Lock()
+		out.SetTimeout(k.fs.timeoutUntil(k.entry.ExpiresAt))
+		k.mu.Unlock()
+	} else {
+		out.SetTimeout(0)
+	}
+	return 0
+}
+
+// checkCurrent fails with ESTALE when this inode no longer shows the key's
+// value: the kernel then looks the name up again and retries the open on
+// the right inode.
+func (k *keyFile) checkCurrent() syscall.Errno {
+	k.mu.Lock()
+	pending, unlinked, superseded := k.pending, k.unlinked, k.superseded
+	key, fp := k.key, k.entry.Fingerprint
+	k.mu.Unlock()
+	if pending || unlinked || superseded {
+		return syscall.ESTALE
+	}
+	e, err := k.fs.store.Lookup(k.scope(), key)
+	if errors.Is(err, store.ErrNotFound) || err == nil && e.Fingerprint != fp {
+		return syscall.ESTALE
+	}
+	return k.fs.errno(err)
+}
+
+func (k *keyFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+		if k.fs.opts.ReadOnly {
+			return nil, 0, syscall.EROFS
+		}
+		if errno := k.checkCurrent(); errno != 0 {
+			return nil, 0, errno
+		}
+		// Writes bypass the page cache, so readers of this inode keep
+		// seeing the published value until the writer's close.
+		return &writeHandle{node: k, truncated: flags&syscall.O_TRUNC != 0}, fuse.FOPEN_DIRECT_IO, 0
+	}
+	k.mu.Lock()
+	pending, key, fp := k.pending, k.key, k.entry.Fingerprint
+	k.mu.Unlock()
+	if pending {
+		return nil, 0, syscall.ESTALE
+	}
+	v, err := k.fs.store.Open(k.scope(), key)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, 0, syscall.ESTALE
+	}
+	if err != nil {
+		return nil, 0, k.fs.errno(err)
+	}
+	if v.Entry.Fingerprint != fp {
+		v.Close()
+		return nil, 0, syscall.ESTALE
+	}
+	// The value is verified and this inode never shows another: the
+	// kernel may keep its pages across opens.
+	return &readHandle{v: v}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (k *keyFile) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if k.fs.opts.ReadOnly {
+		return syscall.EROFS
+	}
+	h, _ := f.(*writeHandle)
+	if size, ok := in.GetSize(); ok {
+		var errno syscall.Errno
+		if h != nil {
+			errno = h.truncate(int64(size))
+		} else {
+			errno = k.truncatePath(int64(size))
+		}
+		if errno != 0 {
+			return errno
+		}
+	}
+	mode, hasMode := in.GetMode()
+	uid, hasUID := in.GetUID()
+	gid, hasGID := in.GetGID()
+	mtime, hasMtime := in.GetMTime()
+	if hasMode || hasUID || hasGID || hasMtime {
+		k.mu.Lock()
+		pending := k.pending
+		if pending {
+			if hasMode {
+				k.pendingAttr.Mode = mode & 0o7777
+			}
+			if hasUID {
+				k.pendingAttr.UID = uid
+			}
+			if hasGID {
+				k.pendingAttr.GID = gid
+			}
+		}
+		key := k.key
+		k.mu.Unlock()
+		if !pending {
+			e, err := k.fs.store.UpdateMeta(k.scope(), key, func(e *index.Entry) error {
+				if hasMode {
+					e.Mode = mode & 0o7777
+				}
+				if hasUID {
+					e.UID = uid
+				}
+				if hasGID {
+					e.GID = gid
+				}
+				if hasMtime {
+					e.ModTime = mtime.UTC()
+				}
+				return nil
+			})
+			if err != nil {
+				return k.fs.errno(err)
+			}
+			k.shows(&e)
+		}
+	}
+	k.fillAttr(&out.Attr, h)
+	out.SetTimeout(0)
+	return 0
+}
+
+// truncatePath is truncate(2) on a path: a new value, published at once.
+func (k *keyFile) truncatePath(size int64) syscall.Errno {
+	k.mu.Lock()
+	pending, key := k.pending, k.key
+	k.mu.Unlock()
+	if pending {
+		return syscall.EBUSY
+	}
+	w, err := k.fs.store.NewWriter(k.scope(), key, store.PutOptions{Inherit: true, Base: size > 0})
+	if err != nil {
+		return k.fs.errno(err)
+	}
+	if err := w.Truncate(size); err != nil {
+		w.Abort()
+		return k.fs.errno(err)
+	}
+	e, err := w.Commit()
+	if err != nil {
+		return k.fs.errno(err)
+	}
+	k.published(e)
+	return 0
+}
+
+// Extended attributes: user.iris.* shows the entry's metadata.
+const (
+	xattrPrefix      = "user.iris."
+	xattrMetaPrefix  = xattrPrefix + "meta."
+	xattrFingerprint = xattrPrefix + "fingerprint"
+	xattrContentType = xattrPrefix + "content_type"
+	xattrCreatedAt   = xattrPrefix + "created_at"
+	xattrExpiresAt   = xattrPrefix + "expires_at"
+	xattrTTLHours    = xattrPrefix + "ttl_hours"
+	xattrTTL         = xattrPrefix + "ttl"
+)
+
+// xattrs returns the entry's attributes by name, in listing order.
+func (k *keyFile) xattrs() ([]string, map[string]string, syscall.Errno) {
+	k.mu.Lock()
+	pending := k.pending
+	k.mu.Unlock()
+	if pending {
+		return nil, nil, 0
+	}
+	k.refresh()
+	k.mu.Lock()
+	e := k.entry
+	k.mu.Unlock()
+	vals := map[string]string{
+		xattrFingerprint: hex.EncodeToString(e.Fingerprint[:]),
+		xattrContentType: e.ContentType,
+		xattrCreatedAt:   e.CreatedAt.UTC().Format(time.RFC3339Nano),
+		xattrExpiresAt:   "",
+		xattrTTLHours:    strconv.FormatFloat(e.TTL.Hours(), 'f', -1, 64),
+		xattrTTL:         e.TTL.String(),
+	}
+	if !e.ExpiresAt.IsZero() {
+		vals[xattrExpiresAt] = e.ExpiresAt.UTC().Format(time.RFC3339Nano)
+	}
+	names := []string{xattrFingerprint, xattrContentType, xattrCreatedAt, xattrExpiresAt, xattrTTLHours, xattrTTL}
+	for n, v := range e.Meta {
+		names = append(names, xattrMetaPrefix+n)
+		vals[xattrMetaPrefix+n] = v
+	}
+	return names, vals, 0
+}
+
+func (k *keyFile) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	_, vals, errno := k.xattrs()
+	if errno != 0 {
+		return 0, errno
+	}
+	v, ok := vals[attr]
+	if !ok {
+		return 0, syscall.ENODATA
+	}
+	if len(dest) < len(v) {
+		return uint32(len(v)), syscall.ERANGE
+	}
+	return uint32(copy(dest, v)), 0
+}
+
+func (k *keyFile) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	names, _, errno := k.xattrs()
+	if errno != 0 {
+		return 0, errno
+	}
+	var b strings.Builder
+	for _, n := range names {
+		b.WriteString(n)
+		b.WriteByte(0)
+	}
+	if len(dest) < b.Len() {
+		return uint32(b.Len()), syscall.ERANGE
+	}
+	return uint32(copy(dest, b.String())), 0
+}
+
+func (k *keyFile) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	if k.fs.opts.ReadOnly {
+		return syscall.EROFS
+	}
+	if !strings.HasPrefix(attr, xattrPrefix) {
+		return syscall.ENOTSUP
+	}
+	value := string(data)
+	var edit func(e *index.Entry) error
+	switch {
+	case attr == xattrContentType:
+		edit = func(e *index.Entry) error { e.ContentType = value; return nil }
+	case attr == xattrTTL || attr == xattrTTLHours:
+		ttl, err := parseTTLXattr(attr, value)
+		if err != nil {
+			return syscall.EINVAL
+		}
+		edit = func(e *index.Entry) error { e.TTL = ttl; return nil }
+	case strings.HasPrefix(attr, xattrMetaPrefix):
+		name := strings.TrimPrefix(attr, xattrMetaPrefix)
+		if store.ValidateMetaName(name) != nil {
+			return syscall.EINVAL
+		}
+		edit = func(e *index.Entry) error {
+			_, exists := e.Meta[name]
+			if flags&0x1 != 0 && exists { // XATTR_CREATE
+				return errXattrExists
+			}
+			if flags&0x2 != 0 && !exists { // XATTR_REPLACE
+				return errXattrMissing
+			}
+			if e.Meta == nil {
+				e.Meta = map[string]string{}
+			}
+			e.Meta[name] = value
+			return nil
+		}
+	default:
+		return syscall.EPERM // fingerprint, created_at, expires_at: derived, not settable
+	}
+	return k.editMeta(edit)
+}
+
+var (
+	errXattrExists  = errors.New("xattr exists")
+	errXattrMissing = errors.New("no such xattr")
+)
+
+func (k *keyFile) editMeta(edit func(e *index.Entry) error) syscall.Errno {
+	k.mu.Lock()
+	pending, key := k.pending, k.key
+	k.mu.Unlock()
+	if pending {
+		return syscall.EBUSY
+	}
+	e, err := k.fs.store.UpdateMeta(k.scope(), key, edit)
+	switch {
+	case errors.Is(err, errXattrExists):
+		return syscall.EEXIST
+	case errors.Is(err, errXattrMissing):
+		return syscall.ENODATA
+	case err != nil:
+		return k.fs.errno(err)
+	}
+	k.shows(&e)
+	// A TTL change can shorten the time the kernel may cache the name.
+	k.fs.invalidateName(k.dir.EmbeddedInode(), key)
+	return 0
+}
+
+func (k *keyFile) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	if k.fs.opts.ReadOnly {
+		return syscall.EROFS
+	}
+	if !strings.HasPrefix(attr, xattrMetaPrefix) {
+		if strings.HasPrefix(attr, xattrPrefix) {
+			return syscall.EPERM
+		}
+		return syscall.ENODATA
+	}
+	name := strings.TrimPrefix(attr, xattrMetaPrefix)
+	return k.editMeta(func(e *index.Entry) error {
+		if _, ok := e.Meta[name]; !ok {
+			return errXattrMissing
+		}
+		delete(e.Meta, name)
+		return nil
+	})
+}
+
+// parseTTLXattr reads user.iris.ttl ("6h", "7d", "0" for never) or
+// user.iris.ttl_hours (a number of hours).
+func parseTTLXattr(attr, value string) (time.Duration, error) {
+	value = strings.TrimSpace(value)
+	if attr == xattrTTLHours {
+		h, err := strconv.ParseFloat(value, 64)
+		if err != nil || h < 0 || h > 100*365*24 {
+			return 0, errors.New("bad hours")
+		}
+		return time.Duration(h * float64(time.Hour)), nil
+	}
+	return quota.ParseTTL(value)
+}

@@ -1,0 +1,99 @@
+package fs
+
+import (
+	"context"
+	"encoding/json"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// statsName is the root's virtual statistics file.
+const statsName = ".stats"
+
+// Root is the mount's root directory: a directory per scope and .stats.
+// Its children are fixed at mount time, so go-fuse serves lookups and
+// listings from its own tree.
+type Root struct {
+	gofs.Inode
+	fs *FS
+}
+
+var (
+	_ gofs.NodeOnAdder   = (*Root)(nil)
+	_ gofs.NodeGetattrer = (*Root)(nil)
+	_ gofs.NodeStatfser  = (*Root)(nil)
+	_ gofs.NodeMkdirer   = (*Root)(nil)
+	_ gofs.NodeCreater   = (*Root)(nil)
+	_ gofs.NodeUnlinker  = (*Root)(nil)
+	_ gofs.NodeRmdirer   = (*Root)(nil)
+	_ gofs.NodeRenamer   = (*Root)(nil)
+	_ gofs.NodeSymlinker = (*Root)(nil)
+	_ gofs.NodeLinker    = (*Root)(nil)
+	_ gofs.NodeMknoder   = (*Root)(nil)
+)
+
+// OnAdd builds the fixed tree.
+func (r *Root) OnAdd(ctx context.Context) {
+	for _, name := range r.fs.store.Policy().Names() {
+		d := &scopeDir{fs: r.fs, scope: name}
+		r.AddChild(name, r.NewPersistentInode(ctx, d, gofs.StableAttr{Mode: syscall.S_IFDIR}), false)
+	}
+	stats := &virtualFile{fs: r.fs, generate: r.statsJSON}
+	r.AddChild(statsName, r.NewPersistentInode(ctx, stats, gofs.StableAttr{Mode: syscall.S_IFREG}), false)
+}
+
+func (r *Root) statsJSON() ([]byte, error) {
+	st, err := r.fs.store.Stats()
+	if err != nil {
+		return nil, err
+	}
+	b, err := json.MarshalIndent(st, "", "  ")
+	return append(b, '\n'), err
+}
+
+func (r *Root) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	r.fs.dirAttr(&out.Attr)
+	return 0
+}
+
+// Statfs reports the total quota of all scopes and their usage.
+func (r *Root) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	st, err := r.fs.store.Stats()
+	if err != nil {
+		return r.fs.errno(err)
+	}
+	statfs(out, st.QuotaBytes, st.Bytes, st.Keys)
+	return 0
+}
+
+// The root's shape is fixed: no names can be added, removed or renamed.
+
+func (r *Root) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EPERM
+}
+
+func (r *Root) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	return nil, nil, 0, syscall.EPERM
+}
+
+func (r *Root) Unlink(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
+
+func (r *Root) Rmdir(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
+
+func (r *Root) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	return syscall.EPERM
+}
+
+func (r *Root) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EPERM
+}
+
+func (r *Root) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EPERM
+}
+
+func (r *Root) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EPERM
+}

@@ -1,0 +1,235 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/iriskvfs/iriskvfs/index"
+	"github.com/iriskvfs/iriskvfs/store"
+)
+
+// indexName is each scope's virtual index, in the predecessor's format.
+const indexName = "_index.json"
+
+// scopeDir is one scope: a regular file per live key, and _index.json.
+type scopeDir struct {
+	gofs.Inode
+	fs    *FS
+	scope string
+	index *gofs.Inode // the _index.json node
+}
+
+var (
+	_ gofs.NodeOnAdder   = (*scopeDir)(nil)
+	_ gofs.NodeLookuper  = (*scopeDir)(nil)
+	_ gofs.NodeReaddirer = (*scopeDir)(nil)
+	_ gofs.NodeGetattrer = (*scopeDir)(nil)
+	_ gofs.NodeStatfser  = (*scopeDir)(nil)
+	_ gofs.NodeCreater   = (*scopeDir)(nil)
+	_ gofs.NodeUnlinker  = (*scopeDir)(nil)
+	_ gofs.NodeRenamer   = (*scopeDir)(nil)
+	_ gofs.NodeMkdirer   = (*scopeDir)(nil)
+	_ gofs.NodeRmdirer   = (*scopeDir)(nil)
+	_ gofs.NodeSymlinker = (*scopeDir)(nil)
+	_ gofs.NodeLinker    = (*scopeDir)(nil)
+	_ gofs.NodeMknoder   = (*scopeDir)(nil)
+)
+
+func (d *scopeDir) OnAdd(ctx context.Context) {
+	v := &virtualFile{fs: d.fs, generate: d.indexJSON}
+	d.index = d.NewPersistentInode(ctx, v, gofs.StableAttr{Mode: syscall.S_IFREG})
+}
+
+func (d *scopeDir) indexJSON() ([]byte, error) {
+	entries, err := d.fs.store.List(d.scope)
+	if err != nil {
+		return nil, err
+	}
+	return index.SeedIndexJSON(entries, filepath.Join(d.fs.opts.MountPoint, d.scope), d.fs.store.Now()), nil
+}
+
+func (d *scopeDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	d.fs.dirAttr(&out.Attr)
+	return 0
+}
+
+// Statfs reports this scope's quota and usage, so `df` on a scope
+// directory shows how full that scope is.
+func (d *scopeDir) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	st, err := d.fs.store.Stats()
+	if err != nil {
+		return d.fs.errno(err)
+	}
+	for _, sc := range st.Scopes {
+		if sc.Name == d.scope {
+			statfs(out, sc.QuotaBytes, sc.Bytes, sc.Keys)
+			return 0
+		}
+	}
+	return syscall.ENOENT
+}
+
+func (d *scopeDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if name == indexName {
+		var a fuse.AttrOut
+		if errno := d.index.Operations().(*virtualFile).Getattr(ctx, nil, &a); errno != 0 {
+			return nil, errno
+		}
+		out.Attr = a.Attr
+		out.SetEntryTimeout(d.fs.opts.CacheTimeout)
+		out.SetAttrTimeout(0)
+		return d.index, 0
+	}
+	if store.ValidateKey(name) != nil {
+		return nil, syscall.ENOENT // no such file can exist; creating it says why
+	}
+	e, err := d.fs.store.Lookup(d.scope, name)
+	if err != nil {
+		return nil, d.fs.errno(err)
+	}
+	child := d.versionInode(ctx, name, &e)
+	child.Operations().(*keyFile).fillEntry(out, &e)
+	return child, 0
+}
+
+// versionInode returns the inode showing value e of key name: the current
+// child if it shows the same value, else a new inode. A new value gets a new
+// inode so that pages the kernel cached for the old value can never be
+// served as part of the new one.
+func (d *scopeDir) versionInode(ctx context.Context, name string, e *index.Entry) *gofs.Inode {
+	if ch := d.GetChild(name); ch != nil {
+		if kf, ok := ch.Operations().(*keyFile); ok && kf.shows(e) {
+			return ch
+		}
+	}
+	kf := &keyFile{fs: d.fs, dir: d, key: name, entry: *e}
+	return d.NewInode(ctx, kf, gofs.StableAttr{Mode: syscall.S_IFREG})
+}
+
+func (d *scopeDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	entries, err := d.fs.store.List(d.scope)
+	if err != nil {
+		return nil, d.fs.errno(err)
+	}
+	list := make([]fuse.DirEntry, 0, len(entries)+1)
+	list = append(list, fuse.DirEntry{Name: indexName, Mode: syscall.S_IFREG})
+	for i := range entries {
+		list = append(list, fuse.DirEntry{Name: entries[i].Key, Mode: syscall.S_IFREG})
+	}
+	return gofs.NewListDirStream(list), 0
+}
+
+// Create starts a new value. Nothing is published until the file is closed.
+func (d *scopeDir) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	if d.fs.opts.ReadOnly {
+		return nil, nil, 0, syscall.EROFS
+	}
+	if err := store.ValidateKey(name); err != nil {
+		return nil, nil, 0, d.fs.errno(err)
+	}
+	kf := &keyFile{fs: d.fs, dir: d, key: name, pending: true}
+	kf.pendingAttr.Mode = mode & 0o7777
+	if caller, ok := fuse.FromContext(ctx); ok && caller.Uid != d.fs.opts.UID {
+		kf.pendingAttr.UID, kf.pendingAttr.GID = caller.Uid, caller.Gid
+	}
+	h := &writeHandle{node: kf, truncated: true}
+	if flags&syscall.O_TRUNC == 0 {
+		// A key that exists although the kernel did not know it: keep its
+		// bytes, as open(O_CREAT) without O_TRUNC would.
+		if _, err := d.fs.store.Lookup(d.scope, name); err == nil {
+			if flags&syscall.O_EXCL != 0 {
+				return nil, nil, 0, syscall.EEXIST
+			}
+			h.truncated = false
+		}
+	}
+	ch := d.NewInode(ctx, kf, gofs.StableAttr{Mode: syscall.S_IFREG})
+	kf.fillAttr(&out.Attr, h)
+	out.SetEntryTimeout(d.fs.opts.CacheTimeout)
+	out.SetAttrTimeout(0)
+	return ch, h, fuse.FOPEN_DIRECT_IO, 0
+}
+
+func (d *scopeDir) Unlink(ctx context.Context, name string) syscall.Errno {
+	if name == indexName {
+		return syscall.EPERM
+	}
+	if d.fs.opts.ReadOnly {
+		return syscall.EROFS
+	}
+	var pending bool
+	if ch := d.GetChild(name); ch != nil {
+		if kf, ok := ch.Operations().(*keyFile); ok {
+			pending = kf.markUnlinked()
+		}
+	}
+	err := d.fs.store.Delete(d.scope, name)
+	if pending && errors.Is(err, store.ErrNotFound) {
+		return 0 // a file being created: it will now never be published
+	}
+	return d.fs.errno(err)
+}
+
+// Rename moves a key within its scope. Between scopes it fails with EXDEV,
+// so mv copies (the copy is checked against the target scope's quota).
+func (d *scopeDir) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	if name == indexName || newName == indexName {
+		return syscall.EPERM
+	}
+	if d.fs.opts.ReadOnly {
+		return syscall.EROFS
+	}
+	to, ok := newParent.(*scopeDir)
+	if !ok {
+		return syscall.EPERM
+	}
+	if to.scope != d.scope {
+		return syscall.EXDEV
+	}
+	if err := store.ValidateKey(newName); err != nil {
+		return d.fs.errno(err)
+	}
+	const renameNoReplace, renameExchange = 1, 2
+	if flags&renameExchange != 0 {
+		return syscall.EINVAL
+	}
+	if flags&renameNoReplace != 0 {
+		if _, err := d.fs.store.Lookup(d.scope, newName); err == nil {
+			return syscall.EEXIST
+		}
+	}
+	if err := d.fs.store.Rename(d.scope, name, newName); err != nil {
+		return d.fs.errno(err)
+	}
+	if ch := d.GetChild(name); ch != nil {
+		if kf, ok := ch.Operations().(*keyFile); ok {
+			kf.renamed(newName)
+		}
+	}
+	return 0
+}
+
+// A scope holds only regular files.
+
+func (d *scopeDir) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EPERM
+}
+
+func (d *scopeDir) Rmdir(ctx context.Context, name string) syscall.Errno { return syscall.EPERM }
+
+func (d *scopeDir) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EPERM
+}
+
+func (d *scopeDir) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EPERM
+}
+
+func (d *scopeDir) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, syscall.EPERM
+}
