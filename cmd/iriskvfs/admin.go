@@ -1,11 +1,11 @@
 package main
 
 import (
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -13,7 +13,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/iriskvfs/iriskvfs/index"
+	"github.com/iriskvfs/iriskvfs/integration/api"
 	"github.com/iriskvfs/iriskvfs/quota"
 	"github.com/iriskvfs/iriskvfs/store"
 )
@@ -84,13 +84,20 @@ func openStore(c *cli.Context) (*store.Store, error) {
 	return store.Open(c.String("store"), store.Options{Policy: p, Logger: slog.New(slog.DiscardHandler)})
 }
 
-// withStore runs fn on the opened store and closes it.
-func withStore(c *cli.Context, fn func(*store.Store) error) error {
+// withBackend runs fn against the store: through the mount daemon's admin
+// socket when a daemon serves it, else by opening the store directly. Both
+// give the same results and the same error lines.
+func withBackend(c *cli.Context, fn func(api.Backend) error) error {
+	sock := api.SocketPath(c.String("store"))
+	if conn, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+		conn.Close()
+		return fn(api.NewSocketClient(sock))
+	}
 	s, err := openStore(c)
 	if err != nil {
 		return err
 	}
-	err = fn(s)
+	err = fn(api.Local{Store: s})
 	if cerr := s.Close(); err == nil {
 		err = cerr
 	}
@@ -110,7 +117,7 @@ func cmdPut(c *cli.Context) error {
 		return err
 	}
 	scope, key, src := c.Args().Get(0), c.Args().Get(1), c.Args().Get(2)
-	var opts store.PutOptions
+	var opts api.PutOptions
 	if t := c.String("ttl"); t != "" {
 		d, err := quota.ParseTTL(t)
 		if err != nil || d == 0 {
@@ -138,19 +145,19 @@ func cmdPut(c *cli.Context) error {
 		defer f.Close()
 		in = f
 	}
-	return withStore(c, func(s *store.Store) error {
-		e, err := s.Put(scope, key, in, opts)
+	return withBackend(c, func(b api.Backend) error {
+		e, err := b.Put(c.Context, scope, key, in, opts)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(c.App.Writer, "%s/%s: %d bytes, sha256 %s, %s\n", e.Scope, e.Key, e.Size,
-			hex.EncodeToString(e.Fingerprint[:]), expiryPhrase(e.ExpiresAt))
+		fmt.Fprintf(c.App.Writer, "%s/%s: %d bytes, sha256 %s, %s\n", e.Scope, e.Key, e.SizeBytes,
+			e.Fingerprint, expiryPhrase(e.ExpiresAt))
 		return nil
 	})
 }
 
-func expiryPhrase(t time.Time) string {
-	if t.IsZero() {
+func expiryPhrase(t *time.Time) string {
+	if t == nil {
 		return "never expires"
 	}
 	return "expires " + t.UTC().Format(time.RFC3339)
@@ -160,13 +167,13 @@ func cmdGet(c *cli.Context) error {
 	if err := wantArgs(c, 2, 2); err != nil {
 		return err
 	}
-	return withStore(c, func(s *store.Store) error {
-		v, err := s.Open(c.Args().Get(0), c.Args().Get(1))
+	return withBackend(c, func(b api.Backend) error {
+		_, body, err := b.Get(c.Context, c.Args().Get(0), c.Args().Get(1))
 		if err != nil {
 			return err
 		}
-		defer v.Close()
-		_, err = io.Copy(c.App.Writer, v.Reader())
+		defer body.Close()
+		_, err = io.Copy(c.App.Writer, body)
 		return err
 	})
 }
@@ -175,79 +182,34 @@ func cmdRm(c *cli.Context) error {
 	if err := wantArgs(c, 2, 2); err != nil {
 		return err
 	}
-	return withStore(c, func(s *store.Store) error {
-		return s.Delete(c.Args().Get(0), c.Args().Get(1))
+	return withBackend(c, func(b api.Backend) error {
+		return b.Delete(c.Context, c.Args().Get(0), c.Args().Get(1))
 	})
-}
-
-// entryJSON is the stable JSON shape of an entry in ls --json.
-type entryJSON struct {
-	Scope       string            `json:"scope"`
-	Key         string            `json:"key"`
-	SizeBytes   int64             `json:"size_bytes"`
-	ContentType string            `json:"content_type"`
-	Fingerprint string            `json:"fingerprint"`
-	CreatedAt   time.Time         `json:"created_at"`
-	ModifiedAt  time.Time         `json:"modified_at"`
-	ExpiresAt   *time.Time        `json:"expires_at"`
-	TTLHours    float64           `json:"ttl_hours"`
-	Mode        string            `json:"mode"`
-	Metadata    map[string]string `json:"metadata"`
-}
-
-func toEntryJSON(e *index.Entry) entryJSON {
-	j := entryJSON{
-		Scope: e.Scope, Key: e.Key, SizeBytes: e.Size, ContentType: e.ContentType,
-		Fingerprint: hex.EncodeToString(e.Fingerprint[:]),
-		CreatedAt:   e.CreatedAt.UTC(), ModifiedAt: e.ModTime.UTC(),
-		TTLHours: e.TTL.Hours(), Mode: fmt.Sprintf("%04o", e.Mode), Metadata: e.Meta,
-	}
-	if !e.ExpiresAt.IsZero() {
-		t := e.ExpiresAt.UTC()
-		j.ExpiresAt = &t
-	}
-	if j.Metadata == nil {
-		j.Metadata = map[string]string{}
-	}
-	return j
 }
 
 func cmdLs(c *cli.Context) error {
 	if err := wantArgs(c, 0, 1); err != nil {
 		return err
 	}
-	return withStore(c, func(s *store.Store) error {
-		scopes := s.Policy().Names()
-		if c.NArg() == 1 {
-			scopes = []string{c.Args().Get(0)}
-		}
-		var all []index.Entry
-		for _, sc := range scopes {
-			es, err := s.List(sc)
-			if err != nil {
-				return err
-			}
-			all = append(all, es...)
+	return withBackend(c, func(b api.Backend) error {
+		all, err := b.List(c.Context, c.Args().Get(0))
+		if err != nil {
+			return err
 		}
 		if c.Bool("json") {
-			out := make([]entryJSON, 0, len(all))
-			for i := range all {
-				out = append(out, toEntryJSON(&all[i]))
-			}
-			return writeJSON(c.App.Writer, out)
+			return writeJSON(c.App.Writer, all)
 		}
 		tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
-		for i := range all {
-			e := &all[i]
+		for _, e := range all {
 			name := e.Key
 			if c.NArg() == 0 {
 				name = e.Scope + "/" + e.Key
 			}
 			exp := "never"
-			if !e.ExpiresAt.IsZero() {
+			if e.ExpiresAt != nil {
 				exp = e.ExpiresAt.UTC().Format(time.RFC3339)
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", name, e.Size, exp, e.ContentType)
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", name, e.SizeBytes, exp, e.ContentType)
 		}
 		return tw.Flush()
 	})
@@ -257,8 +219,8 @@ func cmdStats(c *cli.Context) error {
 	if err := wantArgs(c, 0, 0); err != nil {
 		return err
 	}
-	return withStore(c, func(s *store.Store) error {
-		st, err := s.Stats()
+	return withBackend(c, func(b api.Backend) error {
+		st, err := b.Stats(c.Context)
 		if err != nil {
 			return err
 		}
@@ -268,7 +230,6 @@ func cmdStats(c *cli.Context) error {
 		return printStats(c.App.Writer, &st)
 	})
 }
-
 func printStats(w io.Writer, st *store.Stats) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "SCOPE\tKEYS\tBYTES\tQUOTA\tUSED\tTTL\tEXPIRED\t")
@@ -309,8 +270,8 @@ func cmdPrune(c *cli.Context) error {
 	if err := wantArgs(c, 0, 0); err != nil {
 		return err
 	}
-	return withStore(c, func(s *store.Store) error {
-		r, err := s.Prune()
+	return withBackend(c, func(b api.Backend) error {
+		r, err := b.Prune(c.Context)
 		if err != nil {
 			return err
 		}
@@ -324,8 +285,8 @@ func cmdClear(c *cli.Context) error {
 	if err := wantArgs(c, 1, 1); err != nil {
 		return err
 	}
-	return withStore(c, func(s *store.Store) error {
-		n, err := s.Clear(c.Args().Get(0))
+	return withBackend(c, func(b api.Backend) error {
+		n, err := b.Clear(c.Context, c.Args().Get(0))
 		if err != nil {
 			return err
 		}
@@ -338,8 +299,8 @@ func cmdFsck(c *cli.Context) error {
 	if err := wantArgs(c, 0, 0); err != nil {
 		return err
 	}
-	return withStore(c, func(s *store.Store) error {
-		rep, err := s.Fsck(c.Bool("repair"))
+	return withBackend(c, func(b api.Backend) error {
+		rep, err := b.Fsck(c.Context, c.Bool("repair"))
 		if err != nil {
 			return err
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/iriskvfs/iriskvfs/fs"
+	"github.com/iriskvfs/iriskvfs/integration/api"
 	"github.com/iriskvfs/iriskvfs/store"
 )
 
@@ -125,7 +126,13 @@ func serveMount(c *cli.Context, point string, ready func(error)) error {
 	if err != nil {
 		return err
 	}
-	log.Info("mounted", "mountpoint", point, "store", s.Dir(), "pid", os.Getpid())
+	admin, err := api.ServeAdmin(s.Dir(), api.Local{Store: s}, log)
+	if err != nil {
+		m.Unmount()
+		return err
+	}
+	defer admin.Close()
+	log.Info("mounted", "mountpoint", point, "store", s.Dir(), "pid", os.Getpid(), "admin_socket", api.SocketPath(s.Dir()))
 	ready(nil)
 
 	stopPruner := startPruner(s, log)
