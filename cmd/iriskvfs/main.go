@@ -64,11 +64,11 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) (code int) {
 	var ec cli.ExitCoder
 	if errors.As(err, &ec) {
 		if msg := strings.TrimSpace(err.Error()); msg != "" {
-			fmt.Fprintln(stderr, "iriskvfs: "+firstLine(msg))
+			fmt.Fprintln(stderr, "iriskvfs: "+oneLine(msg))
 		}
 		return ec.ExitCode()
 	}
-	fmt.Fprintln(stderr, "iriskvfs: "+firstLine(err.Error()))
+	fmt.Fprintln(stderr, "iriskvfs: "+oneLine(err.Error()))
 	return exitFailure
 }
 
@@ -79,6 +79,10 @@ func commandName(app *cli.App, args []string) string {
 		return ""
 	}
 	if rest[0] == "help" || rest[0] == "h" {
+		// "help TOPIC": the topic must be a command.
+		if len(rest) > 1 && !strings.HasPrefix(rest[1], "-") {
+			return rest[1]
+		}
 		return ""
 	}
 	return rest[0]
@@ -87,6 +91,18 @@ func commandName(app *cli.App, args []string) string {
 func firstLine(s string) string {
 	s, _, _ = strings.Cut(s, "\n")
 	return s
+}
+
+// oneLine joins the lines of a message: some errors (yaml's "unmarshal
+// errors:\n  line 2: field x not found") put their reason on a later line.
+func oneLine(s string) string {
+	var parts []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			parts = append(parts, l)
+		}
+	}
+	return strings.Join(parts, " ")
 }
 
 func buildVersion() string {
@@ -126,7 +142,6 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		Reader:                    stdin,
 		Writer:                    stdout,
 		ErrWriter:                 stderr,
-		HideHelpCommand:           true,
 		DisableSliceFlagSeparator: true,
 		Flags:                     globalFlags(),
 		Commands:                  commands(),
@@ -180,6 +195,14 @@ func reorderArgs(app *cli.App, args []string) []string {
 	}
 	if cmd == nil {
 		return append(out, rest...)
+	}
+	// A flag that needs a value but ends the line would take as its value
+	// whatever the reordering puts after it ("--", or the command name):
+	// leave it last and alone, for urfave/cli to reject.
+	if d, global := danglingFlag(rest, app.Flags, cmd.Flags); global {
+		return []string{out[0], d}
+	} else if d != "" {
+		return append(out, d)
 	}
 	// Global flags given after the command name move back in front of it.
 	var moreGlobals []string
@@ -243,6 +266,32 @@ func splitFlags(args []string, set []cli.Flag) (flags, positionals []string) {
 		}
 	}
 	return flags, positionals
+}
+
+// danglingFlag returns the last of args when it is a flag (global or the
+// command's) that needs a value and has none.
+func danglingFlag(args []string, globals, locals []cli.Flag) (flag string, global bool) {
+	for i := 0; i < len(args); i++ {
+		if args[i] == "--" {
+			break
+		}
+		name, hasValue, isFlag := flagName(args[i])
+		if !isFlag || hasValue {
+			continue
+		}
+		f, g := lookupFlag(globals, name), true
+		if f == nil {
+			f, g = lookupFlag(locals, name), false
+		}
+		if f == nil || !takesValue(f) {
+			continue
+		}
+		if i+1 == len(args) {
+			return args[i], g
+		}
+		i++
+	}
+	return "", false
 }
 
 func flagName(a string) (name string, hasValue, isFlag bool) {
