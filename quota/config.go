@@ -142,22 +142,34 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
+// maxTTL is the longest lifetime: expiry instants are stored as int64
+// nanoseconds since 1970, which end in 2262.
+const maxTTL = 100 * 365 * 24 * time.Hour
+
 // ParseTTL parses a lifetime: a Go duration, a number of days ("7d"), or "0".
+// Any other lifetime is positive and at most 100 years.
 func ParseTTL(str string) (time.Duration, error) {
 	s := strings.TrimSpace(str)
 	if s == "0" {
 		return 0, nil
 	}
+	var d time.Duration
 	if days, ok := strings.CutSuffix(s, "d"); ok {
 		n, err := strconv.ParseFloat(days, 64)
-		if err != nil || n <= 0 || n > 100*365 {
+		// !(n > 0) also rejects NaN, which would convert to a negative duration.
+		if err != nil || !(n > 0) || n > 100*365 {
 			return 0, fmt.Errorf("bad ttl %q (want e.g. 6h, 90m, 7d)", str)
 		}
-		return time.Duration(n * 24 * float64(time.Hour)), nil
+		d = time.Duration(n * 24 * float64(time.Hour))
+	} else {
+		var err error
+		if d, err = time.ParseDuration(s); err != nil {
+			return 0, fmt.Errorf("bad ttl %q (want e.g. 6h, 90m, 7d)", str)
+		}
 	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d <= 0 {
-		return 0, fmt.Errorf("bad ttl %q (want e.g. 6h, 90m, 7d)", str)
+	// A positive lifetime that rounds to 0 would mean "never expires".
+	if d <= 0 || d > maxTTL {
+		return 0, fmt.Errorf("bad ttl %q (want e.g. 6h, 90m, 7d; at most 100 years)", str)
 	}
 	return d, nil
 }

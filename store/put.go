@@ -142,14 +142,10 @@ func (w *Writer) forgetTmp(name string) {
 }
 
 func (w *Writer) copyBase() error {
-	old, err := w.s.lookup(w.scope.Name, w.key)
+	v, err := w.s.openLive(w.scope.Name, w.key)
 	if errors.Is(err, ErrNotFound) {
 		return nil
 	}
-	if err != nil {
-		return err
-	}
-	v, err := w.s.openEntry(&old)
 	if err != nil {
 		return err
 	}
@@ -224,6 +220,9 @@ func (w *Writer) WriteAt(p []byte, off int64) (int, error) {
 	}
 	if off < 0 {
 		return 0, fmt.Errorf("%w: negative offset", ErrBadArgument)
+	}
+	if len(p) == 0 {
+		return 0, nil // like pwrite of 0 bytes: the size does not change
 	}
 	end := off + int64(len(p))
 	if end > w.size {
@@ -417,6 +416,11 @@ func (w *Writer) commit() (index.Entry, error) {
 			s.counters.QuotaRejects.Add(1)
 		}
 		dropped = append(dropped[:0], fp) // the blob we named, if nothing else uses it
+	} else {
+		// A delete or overwrite that dropped fp's last reference while we
+		// had it in flight left the blob alone; removing it is now ours to
+		// do (removeBlobs keeps it while anything references it).
+		dropped = append(dropped, fp)
 	}
 	return published, err
 }

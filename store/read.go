@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -88,12 +89,40 @@ func (s *Store) Open(scope, key string) (*Value, error) {
 	if _, err := s.checkAddress(scope, key); err != nil {
 		return nil, opErr("open", scope, key, err)
 	}
-	e, err := s.lookup(scope, key)
-	if err != nil {
-		return nil, opErr("open", scope, key, err)
-	}
-	v, err := s.openEntry(&e)
+	v, err := s.openLive(scope, key)
 	return v, opErr("open", scope, key, err)
+}
+
+// errValueReplaced reports that the entry an open started from was replaced
+// or removed, and its blob with it, before the blob could be opened.
+var errValueReplaced = errors.New("value replaced during open")
+
+// openLive opens the current value of scope/key. A reader racing a writer,
+// renamer or deleter of the same key may find the blob of the entry it
+// looked up already gone; that is not damage, so it looks the key up again.
+// Each retry follows a commit that changed this key, so it ends.
+func (s *Store) openLive(scope, key string) (*Value, error) {
+	for {
+		e, err := s.lookup(scope, key)
+		if err != nil {
+			return nil, err
+		}
+		v, err := s.openEntry(&e)
+		if !errors.Is(err, errValueReplaced) {
+			return v, err
+		}
+	}
+}
+
+// stillCurrent reports whether the index still points e's key at e's value.
+func (s *Store) stillCurrent(e *index.Entry) bool {
+	current := false
+	_ = s.db.View(func(tx *index.Tx) error {
+		c, found, err := tx.Get(e.Scope, e.Key)
+		current = err == nil && found && c.Fingerprint == e.Fingerprint
+		return nil
+	})
+	return current
 }
 
 // Get returns the verified bytes of scope/key. Meant for small values; use
@@ -105,7 +134,9 @@ func (s *Store) Get(scope, key string) ([]byte, index.Entry, error) {
 	}
 	defer v.Close()
 	if b, ok := v.Bytes(); ok {
-		return b, v.Entry, nil
+		// b is the LRU's verified copy: the caller gets its own, so that
+		// changing it cannot change what later readers are served.
+		return bytes.Clone(b), v.Entry, nil
 	}
 	b := make([]byte, v.Entry.Size)
 	if _, err := io.ReadFull(v.Reader(), b); err != nil {
@@ -121,6 +152,18 @@ func (s *Store) openEntry(e *index.Entry) (*Value, error) {
 	}
 	s.counters.Misses.Add(1)
 	f, err := os.Open(s.BlobPath(e.Fingerprint))
+	if os.IsNotExist(err) {
+		// Not necessarily damage: the entry may have been replaced or
+		// deleted, and its blob removed, since it was looked up.
+		if !s.stillCurrent(e) {
+			return nil, errValueReplaced
+		}
+		// Current again: a put of the same bytes may have named it anew.
+		f, err = os.Open(s.BlobPath(e.Fingerprint))
+		if os.IsNotExist(err) && !s.stillCurrent(e) {
+			return nil, errValueReplaced
+		}
+	}
 	if err != nil {
 		if os.IsNotExist(err) {
 			return nil, s.integrityFailure(e, "blob file is missing")

@@ -174,7 +174,7 @@ func (s *Store) prepareLayout() error {
 		return err
 	}
 	for _, n := range names {
-		if err := os.Remove(filepath.Join(s.dir, tmpDir, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := os.RemoveAll(filepath.Join(s.dir, tmpDir, n)); err != nil {
 			return err
 		}
 	}
