@@ -33,8 +33,20 @@ type Entry struct {
 	TTL         time.Duration
 	Mode        uint32 // permission bits as the filesystem shows them
 	UID, GID    uint32
+	Flags       uint32 // FlagContentTypeSet, …
 	Meta        map[string]string
 }
+
+// Entry flags.
+const (
+	// FlagContentTypeSet marks a content type someone gave (put, API,
+	// setfattr), as opposed to one guessed from the key or the bytes; only
+	// a given one is kept when the value is rewritten through the mount.
+	FlagContentTypeSet uint32 = 1 << iota
+	// FlagTTLSet marks a per-key TTL (put --ttl, setfattr user.iris.ttl);
+	// without it the key follows its scope's TTL.
+	FlagTTLSet
+)
 
 // ExpiredAt reports whether the entry is dead at now. An entry dies at the
 // instant of its expiry, not a moment later.
@@ -61,7 +73,7 @@ var ErrCorruptRecord = errors.New("corrupt index record")
 // a fixed order (varints for numbers, length-prefixed strings, meta sorted by
 // name so equal entries encode to equal bytes).
 func (e *Entry) Encode() []byte {
-	n := 1 + 3*binary.MaxVarintLen64 + len(e.ContentType) + FingerprintSize + 4*binary.MaxVarintLen64 + 4*binary.MaxVarintLen32 + binary.MaxVarintLen64
+	n := 1 + 3*binary.MaxVarintLen64 + len(e.ContentType) + FingerprintSize + 4*binary.MaxVarintLen64 + 5*binary.MaxVarintLen32 + binary.MaxVarintLen64
 	for k, v := range e.Meta {
 		n += len(k) + len(v) + 2*binary.MaxVarintLen64
 	}
@@ -77,6 +89,7 @@ func (e *Entry) Encode() []byte {
 	b = binary.AppendUvarint(b, uint64(e.Mode))
 	b = binary.AppendUvarint(b, uint64(e.UID))
 	b = binary.AppendUvarint(b, uint64(e.GID))
+	b = binary.AppendUvarint(b, uint64(e.Flags))
 	names := make([]string, 0, len(e.Meta))
 	for k := range e.Meta {
 		names = append(names, k)
@@ -106,6 +119,7 @@ func (e *Entry) Decode(b []byte) error {
 	e.Mode = d.uint32()
 	e.UID = d.uint32()
 	e.GID = d.uint32()
+	e.Flags = d.uint32()
 	n := d.uvarint()
 	if n > MaxMetaEntries {
 		d.fail("too many meta entries")
@@ -132,13 +146,36 @@ func appendString(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
-// appendTime stores nanoseconds since the epoch; the zero time is stored as
-// 0 so that "never" survives a round trip.
+// noTime encodes the zero time ("never"), apart from every real instant,
+// the epoch included.
+const noTime = math.MinInt64
+
+// MinTime and MaxTime bound the instants a record can hold (int64
+// nanoseconds since 1970); ClampTime brings others inside.
+var (
+	MinTime = time.Unix(0, math.MinInt64+1).UTC()
+	MaxTime = time.Unix(0, math.MaxInt64).UTC()
+)
+
+// ClampTime returns t limited to [MinTime, MaxTime]; the zero time stays zero.
+func ClampTime(t time.Time) time.Time {
+	switch {
+	case t.IsZero():
+		return t
+	case t.Before(MinTime):
+		return MinTime
+	case t.After(MaxTime):
+		return MaxTime
+	}
+	return t
+}
+
+// appendTime stores nanoseconds since the epoch, or noTime for the zero time.
 func appendTime(b []byte, t time.Time) []byte {
 	if t.IsZero() {
-		return binary.AppendVarint(b, 0)
+		return binary.AppendVarint(b, noTime)
 	}
-	return binary.AppendVarint(b, t.UnixNano())
+	return binary.AppendVarint(b, ClampTime(t).UnixNano())
 }
 
 type decoder struct {
@@ -213,7 +250,7 @@ func (d *decoder) string(max int) string {
 
 func (d *decoder) time() time.Time {
 	ns := d.varint()
-	if ns == 0 {
+	if ns == noTime || d.err != nil {
 		return time.Time{}
 	}
 	return time.Unix(0, ns).UTC()

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"maps"
+	"math"
 	"strconv"
 	"strings"
 	"testing"
@@ -168,8 +169,8 @@ func validHead(size int64, ttl int64) *recordBuilder {
 func headWithOwner(size, ttl int64, uid, gid uint64) *recordBuilder {
 	r := &recordBuilder{}
 	r.byte(1).str("text/plain").varint(size).raw(make([]byte, index.FingerprintSize))
-	r.varint(1).varint(2).varint(0).varint(ttl)
-	r.uvarint(0o644).uvarint(uid).uvarint(gid)
+	r.varint(1).varint(2).varint(math.MinInt64).varint(ttl) // MinInt64: never expires
+	r.uvarint(0o644).uvarint(uid).uvarint(gid).uvarint(0)   // flags
 	return r
 }
 
@@ -239,5 +240,29 @@ func TestEntryDecodeRejects(t *testing.T) {
 	var e index.Entry
 	if err := e.Decode(rec); err != nil {
 		t.Fatalf("record at the limits rejected: %v", err)
+	}
+}
+
+func TestEntryEpochAndFlagsSurvive(t *testing.T) {
+	in := index.Entry{ModTime: time.Unix(0, 0), CreatedAt: time.Unix(-5, 0), Flags: index.FlagContentTypeSet}
+	var out index.Entry
+	if err := out.Decode(in.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	if out.ModTime.IsZero() || !out.ModTime.Equal(time.Unix(0, 0)) {
+		t.Errorf("the epoch came back as %v (zero: %v)", out.ModTime, out.ModTime.IsZero())
+	}
+	if !out.CreatedAt.Equal(time.Unix(-5, 0)) {
+		t.Errorf("a time before 1970 came back as %v", out.CreatedAt)
+	}
+	if !out.ExpiresAt.IsZero() {
+		t.Errorf("never came back as %v", out.ExpiresAt)
+	}
+	if out.Flags != index.FlagContentTypeSet {
+		t.Errorf("flags came back as %#x", out.Flags)
+	}
+	far := index.Entry{ModTime: time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC)}
+	if err := out.Decode(far.Encode()); err != nil || !out.ModTime.Equal(index.MaxTime) {
+		t.Errorf("a time past 2262 came back as %v (%v), want it clamped to %v", out.ModTime, err, index.MaxTime)
 	}
 }

@@ -31,8 +31,11 @@ func (s *Store) Delete(scope, key string) error {
 		return nil
 	})
 	s.removeBlobs(dropped)
-	if err == nil && !live {
-		err = ErrNotFound
+	if err == nil {
+		s.changed(scope, key)
+		if !live {
+			err = ErrNotFound
+		}
 	}
 	return opErr("rm", scope, key, err)
 }
@@ -76,13 +79,17 @@ func (s *Store) Rename(scope, from, to string) error {
 		return nil
 	})
 	s.removeBlobs(dropped)
+	if err == nil {
+		s.changed(scope, from)
+		s.changed(scope, to)
+	}
 	return opErr("rename", scope, from, err)
 }
 
 // UpdateMeta changes the metadata of a live entry (content type, free
 // metadata, mode, owner, times, TTL) without touching its value. fn edits
 // the entry; Size and Fingerprint must stay as they are. A changed TTL
-// restarts the entry's life from now.
+// restarts the entry's life from now, unless fn set ExpiresAt itself.
 func (s *Store) UpdateMeta(scope, key string, fn func(e *index.Entry) error) (index.Entry, error) {
 	if _, err := s.checkAddress(scope, key); err != nil {
 		return index.Entry{}, opErr("setattr", scope, key, err)
@@ -115,15 +122,29 @@ func (s *Store) UpdateMeta(scope, key string, fn func(e *index.Entry) error) (in
 		if err := validateTTL(e.TTL); err != nil {
 			return err
 		}
-		if e.TTL != before.TTL {
+		if e.Mode&^0o7777 != 0 {
+			return fmt.Errorf("%w: mode %o", ErrBadArgument, e.Mode)
+		}
+		if e.ContentType != before.ContentType {
+			e.Flags |= index.FlagContentTypeSet
+		}
+		if e.TTL != before.TTL || !e.ExpiresAt.Equal(before.ExpiresAt) {
+			e.Flags |= index.FlagTTLSet
+		}
+		if e.TTL != before.TTL && e.ExpiresAt.Equal(before.ExpiresAt) {
 			e.ExpiresAt = time.Time{}
 			if e.TTL > 0 {
 				e.ExpiresAt = now.UTC().Add(e.TTL)
 			}
 		}
+		e.ModTime = index.ClampTime(e.ModTime)
+		e.ExpiresAt = index.ClampTime(e.ExpiresAt)
 		out = e
 		return tx.SetMeta(e)
 	})
+	if err == nil {
+		s.changed(scope, key)
+	}
 	return out, opErr("setattr", scope, key, err)
 }
 
@@ -156,12 +177,26 @@ type PruneResult struct {
 // Prune removes expired entries, then blob and temporary files nothing
 // references.
 func (s *Store) Prune() (PruneResult, error) {
+	res, err := s.PruneExpired()
+	if err != nil {
+		return res, err
+	}
+	n, err := s.sweepOrphans()
+	res.Files = n
+	return res, opErr("prune", "", "", err)
+}
+
+// PruneExpired removes expired entries and their blobs, without the sweep
+// of every file that Prune adds: the mount's background pruner runs it.
+func (s *Store) PruneExpired() (PruneResult, error) {
 	if s.closed.Load() {
 		return PruneResult{}, ErrClosed
 	}
 	var res PruneResult
 	s.exclusive.RLock()
+	defer s.exclusive.RUnlock()
 	var dropped []index.Fingerprint
+	var gone [][2]string
 	err := s.db.Update(func(tx *index.Tx) error {
 		now := s.now()
 		return tx.Expired(now, func(scope, key string) error {
@@ -171,6 +206,7 @@ func (s *Store) Prune() (PruneResult, error) {
 			}
 			res.Entries++
 			res.Bytes += e.Size
+			gone = append(gone, [2]string{scope, key})
 			if tx.Refs(e.Fingerprint) == 0 {
 				dropped = append(dropped, e.Fingerprint)
 			}
@@ -178,14 +214,13 @@ func (s *Store) Prune() (PruneResult, error) {
 		})
 	})
 	if err != nil {
-		s.exclusive.RUnlock()
-		return res, opErr("prune", "", "", err)
+		return PruneResult{}, opErr("prune", "", "", err)
 	}
 	s.removeBlobs(dropped)
-	s.exclusive.RUnlock()
-	n, err := s.sweepOrphans()
-	res.Files = n
-	return res, opErr("prune", "", "", err)
+	for _, sk := range gone {
+		s.changed(sk[0], sk[1])
+	}
+	return res, nil
 }
 
 // reclaimExpired removes the expired entries of one scope (a write that
@@ -194,19 +229,24 @@ func (s *Store) reclaimExpired(scope string) (int, error) {
 	s.exclusive.RLock()
 	defer s.exclusive.RUnlock()
 	var dropped []index.Fingerprint
-	n := 0
+	var keys []string
 	err := s.db.Update(func(tx *index.Tx) error {
 		var err error
-		dropped, n, err = reclaimExpiredTx(tx, scope, s.now())
+		dropped, keys, err = reclaimExpiredTx(tx, scope, s.now())
 		return err
 	})
 	s.removeBlobs(dropped)
-	return n, err
+	if err == nil {
+		for _, k := range keys {
+			s.changed(scope, k)
+		}
+	}
+	return len(keys), err
 }
 
 // reclaimExpiredTx deletes the entries of scope dead at now; it returns the
-// fingerprints left without references and how many entries it removed.
-func reclaimExpiredTx(tx *index.Tx, scope string, now time.Time) (dropped []index.Fingerprint, removed int, err error) {
+// fingerprints left without references and the keys it removed.
+func reclaimExpiredTx(tx *index.Tx, scope string, now time.Time) (dropped []index.Fingerprint, removed []string, err error) {
 	err = tx.Expired(now, func(sc, key string) error {
 		if sc != scope {
 			return nil
@@ -215,7 +255,7 @@ func reclaimExpiredTx(tx *index.Tx, scope string, now time.Time) (dropped []inde
 		if err != nil || !found {
 			return err
 		}
-		removed++
+		removed = append(removed, key)
 		if tx.Refs(e.Fingerprint) == 0 {
 			dropped = append(dropped, e.Fingerprint)
 		}
@@ -232,6 +272,7 @@ func (s *Store) Clear(scope string) (int, error) {
 	s.exclusive.RLock()
 	defer s.exclusive.RUnlock()
 	var dropped []index.Fingerprint
+	var cleared []string
 	n := 0
 	err := s.db.Update(func(tx *index.Tx) error {
 		var keys []string
@@ -251,9 +292,13 @@ func (s *Store) Clear(scope string) (int, error) {
 			}
 		}
 		n = len(keys)
+		cleared = keys
 		return nil
 	})
 	s.removeBlobs(dropped)
+	for _, k := range cleared {
+		s.changed(scope, k)
+	}
 	return n, opErr("clear", scope, "", err)
 }
 

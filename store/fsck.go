@@ -221,6 +221,14 @@ func (s *Store) Fsck(repair bool) (*FsckReport, error) {
 	if err != nil {
 		return rep, opErr("fsck", "", "", err)
 	}
+	for _, scope := range scopes {
+		for _, key := range scans[scope].corrupt {
+			s.changed(scope, key)
+		}
+	}
+	for _, e := range broken {
+		s.changed(e.Scope, e.Key)
+	}
 	rep.Repairs = append(rep.Repairs, "rebuilt usage counters, reference counts and expiry index")
 	for _, p := range append(orphans, strays...) {
 		if err := os.RemoveAll(p); err != nil {

@@ -290,6 +290,25 @@ func (w *Writer) Truncate(size int64) error {
 	return nil
 }
 
+// Update changes the options the value will be published with (metadata
+// set on a file while it is being written).
+func (w *Writer) Update(fn func(o *PutOptions)) error {
+	if err := w.usable(); err != nil {
+		return err
+	}
+	o := w.opts
+	o.Meta = maps.Clone(o.Meta)
+	fn(&o)
+	if err := validatePutOptions(&o); err != nil {
+		return opErr("put", w.scope.Name, w.key, err)
+	}
+	w.opts = o
+	return nil
+}
+
+// Options are the options the value will be published with.
+func (w *Writer) Options() PutOptions { return w.opts }
+
 // Size is the staged value's size.
 func (w *Writer) Size() int64 { return w.size }
 
@@ -375,8 +394,9 @@ func (w *Writer) commit() (index.Entry, error) {
 
 	now := s.now().UTC()
 	var published index.Entry
+	var reclaimedKeys []string
 	err := s.db.Batch(func(tx *index.Tx) error {
-		dropped = dropped[:0]
+		dropped, reclaimedKeys = dropped[:0], nil
 		old, found, err := tx.Get(w.scope.Name, w.key)
 		if err != nil {
 			return err
@@ -388,11 +408,12 @@ func (w *Writer) commit() (index.Entry, error) {
 		}
 		u := tx.Usage(w.scope.Name)
 		if err := w.scope.Admit(quota.Usage{Bytes: u.Bytes, Keys: u.Keys}, oldSize, e.Size); err != nil {
-			freed, _, rerr := reclaimExpiredTx(tx, w.scope.Name, now)
+			freed, reclaimed, rerr := reclaimExpiredTx(tx, w.scope.Name, now)
 			if rerr != nil {
 				return rerr
 			}
 			dropped = append(dropped, freed...)
+			reclaimedKeys = reclaimed
 			if found && old.ExpiredAt(now) {
 				oldSize = 0
 			}
@@ -421,6 +442,10 @@ func (w *Writer) commit() (index.Entry, error) {
 		// had it in flight left the blob alone; removing it is now ours to
 		// do (removeBlobs keeps it while anything references it).
 		dropped = append(dropped, fp)
+		for _, k := range reclaimedKeys {
+			s.changed(w.scope.Name, k)
+		}
+		s.changed(w.scope.Name, w.key)
 	}
 	return published, err
 }
@@ -433,9 +458,18 @@ func (w *Writer) newEntry(now time.Time, fp index.Fingerprint, sniff []byte, old
 		ContentType: o.ContentType, Meta: maps.Clone(o.Meta), Mode: o.Mode, UID: o.UID, GID: o.GID,
 		TTL: o.TTL,
 	}
+	if o.ContentType != "" {
+		e.Flags |= index.FlagContentTypeSet
+	}
+	if o.TTL != 0 {
+		e.Flags |= index.FlagTTLSet
+	}
 	if o.Inherit && found {
-		if e.ContentType == "" {
+		// Only what someone chose is inherited; a guessed content type or
+		// the scope's TTL is worked out afresh for the new value.
+		if e.ContentType == "" && old.Flags&index.FlagContentTypeSet != 0 {
 			e.ContentType = old.ContentType
+			e.Flags |= index.FlagContentTypeSet
 		}
 		if e.Meta == nil {
 			e.Meta = maps.Clone(old.Meta)
@@ -446,8 +480,9 @@ func (w *Writer) newEntry(now time.Time, fp index.Fingerprint, sniff []byte, old
 		if e.UID == 0 && e.GID == 0 {
 			e.UID, e.GID = old.UID, old.GID
 		}
-		if e.TTL == 0 {
+		if e.TTL == 0 && old.Flags&index.FlagTTLSet != 0 {
 			e.TTL = old.TTL
+			e.Flags |= index.FlagTTLSet
 		}
 	}
 	if e.TTL == 0 {

@@ -70,6 +70,10 @@ type Store struct {
 	// which must see the blobs and the index at rest.
 	exclusive sync.RWMutex
 
+	watchMu   sync.Mutex
+	watchers  map[int]func(scope, key string) // replaced, never mutated
+	nextWatch int
+
 	counters  Counters
 	closed    atomic.Bool
 	sweepDone chan struct{}
