@@ -6,6 +6,7 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/iriskvfs/iriskvfs/index"
 	"github.com/iriskvfs/iriskvfs/store"
 )
 
@@ -27,6 +28,7 @@ var errnoTable = []struct {
 	{store.ErrNoSpace, syscall.ENOSPC},
 	{store.ErrLocked, syscall.EBUSY},
 	{store.ErrClosed, syscall.EIO},
+	{index.ErrCorruptRecord, syscall.EIO},
 	{os.ErrNotExist, syscall.ENOENT},
 }
 

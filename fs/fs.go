@@ -35,10 +35,12 @@ type Options struct {
 
 // FS is the state shared by every node of one mount.
 type FS struct {
-	store *store.Store
-	opts  Options
-	log   *slog.Logger
-	notes *notifier
+	store   *store.Store
+	opts    Options
+	log     *slog.Logger
+	notes   *notifier
+	scopes  map[string]*gofs.Inode // set in Root.OnAdd, read-only after
+	unwatch func()
 }
 
 // NewRoot returns the root node of a filesystem over s.
@@ -78,6 +80,12 @@ func MountOptions(storeDir string, opts Options, allowOther, directMount bool) *
 		// Our xattrs are metadata, not security labels: don't let the
 		// kernel ask for security.* on every write.
 		IgnoreSecurityLabels: true,
+		// open(O_TRUNC) arrives as an OPEN carrying O_TRUNC, staged in the
+		// write handle like any write. Without it the kernel sends a
+		// SETATTR(size 0) with no file handle, which is truncate(2) on a
+		// path: it would publish an empty value at open, before the
+		// writer's data, and readers would see it.
+		ExtraCapabilities: fuse.CAP_ATOMIC_O_TRUNC,
 	}
 	if allowOther {
 		o.MountOptions.Options = append(o.MountOptions.Options, "default_permissions")
@@ -88,8 +96,28 @@ func MountOptions(storeDir string, opts Options, allowOther, directMount bool) *
 	return o
 }
 
-// Close stops the background notifier.
-func (r *Root) Close() { r.fs.notes.close() }
+// Close stops watching the store and the background notifier.
+func (r *Root) Close() {
+	if r.fs.unwatch != nil {
+		r.fs.unwatch()
+	}
+	r.fs.notes.close()
+}
+
+// storeChanged makes the kernel forget a key that changed in the store, by
+// whatever way (this mount, the admin socket, a prune): the next access
+// looks it up again and finds the new value, or none.
+func (f *FS) storeChanged(scope, key string) {
+	if dir := f.scopes[scope]; dir != nil {
+		f.invalidateName(dir, key)
+	}
+}
+
+// noCache is the timeout that tells the kernel not to cache an answer.
+// It cannot be zero: go-fuse replaces a zero entry or attr timeout with the
+// mount's default (Options.EntryTimeout/AttrTimeout, an hour), so "do not
+// cache" must be said as one nanosecond.
+const noCache = time.Nanosecond
 
 // timeoutUntil is how long the kernel may cache something that dies at
 // expires (zero: never).
@@ -97,8 +125,8 @@ func (f *FS) timeoutUntil(expires time.Time) time.Duration {
 	d := f.opts.CacheTimeout
 	if !expires.IsZero() {
 		left := expires.Sub(f.store.Now())
-		if left < 0 {
-			left = 0
+		if left < noCache {
+			left = noCache
 		}
 		if left < d {
 			d = left

@@ -22,6 +22,7 @@ type Root struct {
 
 var (
 	_ gofs.NodeOnAdder   = (*Root)(nil)
+	_ gofs.NodeLookuper  = (*Root)(nil)
 	_ gofs.NodeGetattrer = (*Root)(nil)
 	_ gofs.NodeStatfser  = (*Root)(nil)
 	_ gofs.NodeMkdirer   = (*Root)(nil)
@@ -36,10 +37,14 @@ var (
 
 // OnAdd builds the fixed tree.
 func (r *Root) OnAdd(ctx context.Context) {
+	r.fs.scopes = map[string]*gofs.Inode{}
 	for _, name := range r.fs.store.Policy().Names() {
 		d := &scopeDir{fs: r.fs, scope: name}
-		r.AddChild(name, r.NewPersistentInode(ctx, d, gofs.StableAttr{Mode: syscall.S_IFDIR}), false)
+		ch := r.NewPersistentInode(ctx, d, gofs.StableAttr{Mode: syscall.S_IFDIR})
+		r.AddChild(name, ch, false)
+		r.fs.scopes[name] = ch
 	}
+	r.fs.unwatch = r.fs.store.Watch(r.fs.storeChanged)
 	stats := &virtualFile{fs: r.fs, generate: r.statsJSON}
 	r.AddChild(statsName, r.NewPersistentInode(ctx, stats, gofs.StableAttr{Mode: syscall.S_IFREG}), false)
 }
@@ -51,6 +56,27 @@ func (r *Root) statsJSON() ([]byte, error) {
 	}
 	b, err := json.MarshalIndent(st, "", "  ")
 	return append(b, '\n'), err
+}
+
+// Lookup answers for the fixed children. go-fuse's own lookup (used when a
+// node has no Lookup) copies the child's attributes but not the attr
+// timeout its Getattr set, so .stats would be cached for the mount's default
+// timeout and stat would report a stale size.
+func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	ch := r.GetChild(name)
+	if ch == nil {
+		return nil, syscall.ENOENT
+	}
+	var a fuse.AttrOut
+	if ga, ok := ch.Operations().(gofs.NodeGetattrer); ok {
+		if errno := ga.Getattr(ctx, nil, &a); errno != 0 {
+			return nil, errno
+		}
+	}
+	out.Attr = a.Attr
+	out.SetEntryTimeout(r.fs.opts.CacheTimeout)
+	out.SetAttrTimeout(a.Timeout()) // zero: go-fuse's default applies
+	return ch, 0
 }
 
 func (r *Root) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -42,19 +43,28 @@ func holderPid(path string) string {
 	return "unknown"
 }
 
-// LockHolder returns the pid recorded in the lock of the store in dir, and
-// whether that lock is currently held.
+// LockHolder returns the pid of the process holding the lock of the store
+// in dir, and whether one does. It reads /proc/locks instead of probing the
+// lock, so it never gets in the way of a concurrent Open.
 func LockHolder(dir string) (pid int, held bool) {
-	path := dir + "/" + lockName
-	f, err := os.Open(path)
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(dir, lockName), &st); err != nil {
+		return 0, false
+	}
+	locks, err := os.ReadFile("/proc/locks")
 	if err != nil {
 		return 0, false
 	}
-	defer f.Close()
-	pid, _ = strconv.Atoi(holderPid(path))
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err != nil {
-		return pid, true
+	want := fmt.Sprintf("%02x:%02x:%d", unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino)
+	for _, line := range strings.Split(string(locks), "\n") {
+		// 1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF  ("->" marks a waiter)
+		f := strings.Fields(line)
+		if len(f) < 6 || f[1] != "FLOCK" || f[5] != want {
+			continue
+		}
+		if pid, err := strconv.Atoi(f[4]); err == nil {
+			return pid, true
+		}
 	}
-	_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
-	return pid, false
+	return 0, false
 }

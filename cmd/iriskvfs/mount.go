@@ -163,7 +163,8 @@ func serveMount(c *cli.Context, point string, ready func(error)) error {
 }
 
 // startPruner reclaims expired entries in the background. Lookups already
-// hide them the instant they expire; this returns their space.
+// hide them the instant they expire; this returns their space. (The full
+// sweep of unreferenced files runs when the store opens and on `prune`.)
 func startPruner(s *store.Store, log *slog.Logger) (stop func()) {
 	done := make(chan struct{})
 	stopped := make(chan struct{})
@@ -176,11 +177,11 @@ func startPruner(s *store.Store, log *slog.Logger) (stop func()) {
 			case <-done:
 				return
 			case <-t.C:
-				r, err := s.Prune()
+				r, err := s.PruneExpired()
 				if err != nil {
 					log.Warn("background prune failed", "err", err)
-				} else if r.Entries > 0 || r.Files > 0 {
-					log.Info("pruned", "expired_entries", r.Entries, "bytes", r.Bytes, "files", r.Files)
+				} else if r.Entries > 0 {
+					log.Info("pruned", "expired_entries", r.Entries, "bytes", r.Bytes)
 				}
 			}
 		}

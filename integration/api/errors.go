@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 
+	"github.com/iriskvfs/iriskvfs/index"
 	"github.com/iriskvfs/iriskvfs/store"
 )
 
@@ -34,6 +35,7 @@ var statusTable = []struct {
 	{store.ErrOverQuota, http.StatusInsufficientStorage, "quota_exceeded"},
 	{store.ErrNoSpace, http.StatusInsufficientStorage, "no_space"},
 	{store.ErrIntegrity, http.StatusInternalServerError, "integrity"},
+	{index.ErrCorruptRecord, http.StatusInternalServerError, "integrity"},
 	{store.ErrLocked, http.StatusServiceUnavailable, "locked"},
 	{store.ErrClosed, http.StatusServiceUnavailable, "closed"},
 }
