@@ -75,17 +75,27 @@ func ensure(s *store.Store, set Set, force bool) (Action, error) {
 }
 
 // check says why the stored copy of set needs rewriting ("" if it does not).
+// It verifies the blob on disk, not a cached copy: a seed repairs.
 func check(s *store.Store, set Set) (string, error) {
-	v, err := s.Open(Scope, set.Key)
+	_, err := s.Verify(Scope, set.Key)
+	if err == nil {
+		var v *store.Value
+		v, err = s.Open(Scope, set.Key)
+		if err == nil {
+			defer v.Close()
+			return checkValue(v, set)
+		}
+	}
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return "missing or expired", nil
 	case errors.Is(err, store.ErrIntegrity):
 		return "corrupt", nil
-	case err != nil:
-		return "", err
 	}
-	defer v.Close()
+	return "", err
+}
+
+func checkValue(v *store.Value, set Set) (string, error) {
 	if got := v.Entry.Meta[MetaVersion]; got != set.Version {
 		if got == "" {
 			got = "none"
