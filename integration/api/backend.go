@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/iriskvfs/iriskvfs/index"
+	"github.com/iriskvfs/iriskvfs/instructions"
 	"github.com/iriskvfs/iriskvfs/store"
 )
 
@@ -27,6 +28,9 @@ type Backend interface {
 	Prune(ctx context.Context) (store.PruneResult, error)
 	Clear(ctx context.Context, scope string) (int, error)
 	Fsck(ctx context.Context, repair bool) (*store.FsckReport, error)
+	// Seed writes the canonical instruction sets that are missing, expired,
+	// corrupt or outdated (all with force).
+	Seed(ctx context.Context, force bool) ([]instructions.Action, error)
 }
 
 // PutOptions are the per-key settings a put may carry.
@@ -123,4 +127,8 @@ func (l Local) Clear(_ context.Context, scope string) (int, error) { return l.St
 
 func (l Local) Fsck(_ context.Context, repair bool) (*store.FsckReport, error) {
 	return l.Store.Fsck(repair)
+}
+
+func (l Local) Seed(_ context.Context, force bool) ([]instructions.Action, error) {
+	return instructions.Seed(l.Store, force)
 }

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/iriskvfs/iriskvfs/instructions"
 	"github.com/iriskvfs/iriskvfs/store"
 )
 
@@ -141,4 +142,15 @@ func (c *Client) Fsck(ctx context.Context, repair bool) (*store.FsckReport, erro
 		q.Set("repair", "true")
 	}
 	return &r, c.decode(ctx, http.MethodPost, "fsck", q, nil, &r)
+}
+
+func (c *Client) Seed(ctx context.Context, force bool) ([]instructions.Action, error) {
+	var out struct {
+		Actions []instructions.Action `json:"actions"`
+	}
+	q := url.Values{}
+	if force {
+		q.Set("force_refresh", "true")
+	}
+	return out.Actions, c.decode(ctx, http.MethodPost, "seed-instructions", q, nil, &out)
 }

@@ -83,9 +83,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.respond(w, http.StatusOK)(map[string]any{"scope": q.Get("scope"), "cleared": n}, err)
 	case call{http.MethodPost, "fsck"}:
 		h.respond(w, http.StatusOK)(b.Fsck(r.Context(), q.Get("repair") == "true"))
+	case call{http.MethodPost, "seed-instructions"}:
+		actions, err := b.Seed(r.Context(), q.Get("force_refresh") == "true")
+		h.respond(w, http.StatusOK)(map[string]any{"actions": actions}, err)
 	default:
 		switch route {
-		case "stats", "keys", "value", "prune", "clear-scope", "fsck":
+		case "stats", "keys", "value", "prune", "clear-scope", "fsck", "seed-instructions":
 			writeError(w, &Error{Status: http.StatusMethodNotAllowed, Code: "method_not_allowed", Message: r.Method + " is not allowed on " + route})
 		default:
 			writeError(w, &Error{Status: http.StatusNotFound, Code: "no_route", Message: "no such route: " + r.URL.Path})
