@@ -6,6 +6,7 @@
 package fs
 
 import (
+	"errors"
 	"log/slog"
 	"sync"
 	"syscall"
@@ -31,6 +32,14 @@ type Options struct {
 	// paths under it.
 	MountPoint string
 	Logger     *slog.Logger
+	// Heal, when set, is asked to restore scope/key after a lookup found it
+	// missing or an open found it corrupt; if it returns true the operation
+	// is retried once. The daemon uses it to keep the canonical
+	// instruction sets present.
+	Heal func(scope, key string) bool
+	// Stats, when set, produces the document .stats shows (default: the
+	// store's stats).
+	Stats func() (any, error)
 }
 
 // FS is the state shared by every node of one mount.
@@ -58,14 +67,14 @@ func NewRoot(s *store.Store, opts Options) *Root {
 // MountOptions are the go-fuse options that go with a root from NewRoot.
 func MountOptions(storeDir string, opts Options, allowOther, directMount bool) *gofs.Options {
 	zero := time.Duration(0)
-	long := opts.CacheTimeout
-	if long == 0 {
-		long = time.Hour
-	}
 	o := &gofs.Options{
-		// Handlers set the timeouts of every answer; these are the fallbacks.
-		EntryTimeout:    &long,
-		AttrTimeout:     &long,
+		// Handlers set the timeouts of every answer they want cached. The
+		// fallbacks must be zero: go-fuse replaces a zero timeout in an
+		// answer with these, so with a non-zero fallback "do not cache"
+		// could not be said at all (and one nanosecond, which the kernel
+		// rounds up to a jiffy, still caches for up to ~8 ms).
+		EntryTimeout:    &zero,
+		AttrTimeout:     &zero,
 		NegativeTimeout: &zero,
 		UID:             opts.UID,
 		GID:             opts.GID,
@@ -108,16 +117,42 @@ func (r *Root) Close() {
 // whatever way (this mount, the admin socket, a prune): the next access
 // looks it up again and finds the new value, or none.
 func (f *FS) storeChanged(scope, key string) {
-	if dir := f.scopes[scope]; dir != nil {
-		f.invalidateName(dir, key)
+	dir := f.scopes[scope]
+	if dir == nil {
+		return
 	}
+	f.notes.post(func() {
+		if f.kernelShowsCurrent(dir, scope, key) {
+			return
+		}
+		_ = dir.NotifyEntry(key)
+	})
 }
 
-// noCache is the timeout that tells the kernel not to cache an answer.
-// It cannot be zero: go-fuse replaces a zero entry or attr timeout with the
-// mount's default (Options.EntryTimeout/AttrTimeout, an hour), so "do not
-// cache" must be said as one nanosecond.
-const noCache = time.Nanosecond
+// kernelShowsCurrent reports whether the inode this mount has for scope/key
+// already shows the key's current entry, attributes included: a file this
+// mount has just created and published. Invalidating its name would only
+// make the kernel forget the inode, and the next lookup would give the
+// unchanged file a new inode number (and drop its cached pages).
+func (f *FS) kernelShowsCurrent(dir *gofs.Inode, scope, key string) bool {
+	ch := dir.GetChild(key)
+	if ch == nil {
+		return false
+	}
+	kf, ok := ch.Operations().(*keyFile)
+	if !ok {
+		return false
+	}
+	e, err := f.store.Lookup(scope, key)
+	if err != nil {
+		return false
+	}
+	return kf.showsExactly(&e)
+}
+
+// noCache is the timeout that tells the kernel not to cache an answer (see
+// MountOptions: go-fuse keeps a zero timeout because its fallbacks are zero).
+const noCache = time.Duration(0)
 
 // timeoutUntil is how long the kernel may cache something that dies at
 // expires (zero: never).
@@ -136,6 +171,15 @@ func (f *FS) timeoutUntil(expires time.Time) time.Duration {
 }
 
 func (f *FS) errno(err error) syscall.Errno { return toErrno(f.log, err) }
+
+// heal asks Options.Heal to restore scope/key after err, and reports
+// whether the caller should retry.
+func (f *FS) heal(scope, key string, err error) bool {
+	if f.opts.Heal == nil || !(errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrIntegrity)) {
+		return false
+	}
+	return f.opts.Heal(scope, key)
+}
 
 // notifier sends cache invalidations to the kernel from its own goroutine:
 // a notification sent from inside a FUSE request on the same inode can

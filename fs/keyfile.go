@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"io"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +35,10 @@ type keyFile struct {
 	// superseded is set once the key has a newer value than this inode's.
 	superseded  bool
 	pendingAttr struct{ Mode, UID, GID uint32 }
+	// mtime is the last time set with utimensat, mtimeSeq counts them:
+	// a write handle open before it applies it to what it publishes.
+	mtime    time.Time
+	mtimeSeq uint64
 }
 
 var (
@@ -56,6 +61,18 @@ func (k *keyFile) shows(e *index.Entry) bool {
 	}
 	k.entry = *e
 	return true
+}
+
+// showsExactly reports whether this inode shows e with the attributes the
+// kernel may have cached for it.
+func (k *keyFile) showsExactly(e *index.Entry) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	c := &k.entry
+	return !k.pending && !k.unlinked && !k.superseded &&
+		c.Fingerprint == e.Fingerprint && c.Size == e.Size && c.Mode == e.Mode &&
+		c.UID == e.UID && c.GID == e.GID && c.ModTime.Equal(e.ModTime) &&
+		c.CreatedAt.Equal(e.CreatedAt) && c.ExpiresAt.Equal(e.ExpiresAt)
 }
 
 func (k *keyFile) scope() string { return k.dir.scope }
@@ -164,7 +181,13 @@ func (k *keyFile) fillAttr(out *fuse.Attr, h *writeHandle) {
 		e = index.Entry{Mode: pa.Mode, UID: pa.UID, GID: pa.GID, ModTime: now, CreatedAt: now}
 	}
 	size, sized := int64(0), pending
-	if h != nil {
+	// Only a file nobody has seen a value of shows its staged size. A
+	// published key keeps its value's attributes until the writer's close:
+	// the kernel keeps one size per inode, readers and writer share the
+	// inode, and a GETATTR without a file handle (stat, fstat) comes here
+	// with whichever handle go-fuse finds open first, so a staged size
+	// would cut readers' page-cache reads short (a torn value).
+	if h != nil && pending {
 		if s, ok := h.size(); ok {
 			size, sized = s, true
 		}
@@ -184,24 +207,28 @@ func (k *keyFile) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Attr
 		out.SetTimeout(k.fs.timeoutUntil(k.entry.ExpiresAt))
 		k.mu.Unlock()
 	} else {
-		out.SetTimeout(0)
+		out.SetTimeout(noCache)
 	}
 	return 0
 }
 
-// checkCurrent fails with ESTALE when this inode no longer shows the key's
-// value: the kernel then looks the name up again and retries the open on
-// the right inode.
-func (k *keyFile) checkCurrent() syscall.Errno {
+// checkWritable fails with ESTALE when a write open must not use this
+// inode: it is being created, or was removed or renamed over, or its key is
+// gone; the kernel then looks the name up again and retries the open on the
+// right inode. An inode that merely shows an older value is fine: the writer
+// starts from the key's current value, its reads and writes bypass the
+// inode's cache, and answering ESTALE there would let an open that races two
+// replacements of the key fail (the kernel retries only once).
+func (k *keyFile) checkWritable() syscall.Errno {
 	k.mu.Lock()
-	pending, unlinked, superseded := k.pending, k.unlinked, k.superseded
-	key, fp := k.key, k.entry.Fingerprint
+	pending, unlinked := k.pending, k.unlinked
+	key := k.key
 	k.mu.Unlock()
-	if pending || unlinked || superseded {
+	if pending || unlinked {
 		return syscall.ESTALE
 	}
-	e, err := k.fs.store.Lookup(k.scope(), key)
-	if errors.Is(err, store.ErrNotFound) || err == nil && e.Fingerprint != fp {
+	_, err := k.fs.store.Lookup(k.scope(), key)
+	if errors.Is(err, store.ErrNotFound) {
 		return syscall.ESTALE
 	}
 	return k.fs.errno(err)
@@ -212,12 +239,15 @@ func (k *keyFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 		if k.fs.opts.ReadOnly {
 			return nil, 0, syscall.EROFS
 		}
-		if errno := k.checkCurrent(); errno != 0 {
+		if errno := k.checkWritable(); errno != 0 {
 			return nil, 0, errno
 		}
 		// Writes bypass the page cache, so readers of this inode keep
 		// seeing the published value until the writer's close.
-		return &writeHandle{node: k, truncated: flags&syscall.O_TRUNC != 0}, fuse.FOPEN_DIRECT_IO, 0
+		k.mu.Lock()
+		seq := k.mtimeSeq
+		k.mu.Unlock()
+		return &writeHandle{node: k, truncated: flags&syscall.O_TRUNC != 0, appending: flags&syscall.O_APPEND != 0, mtimeSeq: seq}, fuse.FOPEN_DIRECT_IO, 0
 	}
 	k.mu.Lock()
 	pending, key, fp := k.pending, k.key, k.entry.Fingerprint
@@ -226,6 +256,11 @@ func (k *keyFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 		return nil, 0, syscall.ESTALE
 	}
 	v, err := k.fs.store.Open(k.scope(), key)
+	if err != nil && k.fs.heal(k.scope(), key, err) {
+		// Restored: the key has a new value, which this inode does not
+		// show; the kernel looks the name up again.
+		return nil, 0, syscall.ESTALE
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, 0, syscall.ESTALE
 	}
@@ -264,6 +299,9 @@ func (k *keyFile) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAt
 	if hasMode || hasUID || hasGID || hasMtime {
 		k.mu.Lock()
 		pending := k.pending
+		if hasMtime {
+			k.mtime, k.mtimeSeq = mtime.UTC(), k.mtimeSeq+1
+		}
 		if pending {
 			if hasMode {
 				k.pendingAttr.Mode = mode & 0o7777
@@ -300,11 +338,15 @@ func (k *keyFile) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAt
 		}
 	}
 	k.fillAttr(&out.Attr, h)
-	out.SetTimeout(0)
+	out.SetTimeout(noCache)
 	return 0
 }
 
 // truncatePath is truncate(2) on a path: a new value, published at once.
+// The new value is the current one cut or zero-extended; when that current
+// value is this inode's, the inode goes on showing the new one, as the
+// kernel has cut or extended its size and cached pages to match (and so a
+// stat right after the truncate sees the new size).
 func (k *keyFile) truncatePath(size int64) syscall.Errno {
 	k.mu.Lock()
 	pending, key := k.pending, k.key
@@ -312,8 +354,17 @@ func (k *keyFile) truncatePath(size int64) syscall.Errno {
 	if pending {
 		return syscall.EBUSY
 	}
-	w, err := k.fs.store.NewWriter(k.scope(), key, store.PutOptions{Inherit: true, Base: size > 0})
+	from, err := k.fs.store.Open(k.scope(), key)
 	if err != nil {
+		return k.fs.errno(err)
+	}
+	defer from.Close()
+	w, err := k.fs.store.NewWriter(k.scope(), key, store.PutOptions{Inherit: true})
+	if err != nil {
+		return k.fs.errno(err)
+	}
+	if _, err := io.Copy(w, io.LimitReader(from.Reader(), size)); err != nil {
+		w.Abort()
 		return k.fs.errno(err)
 	}
 	if err := w.Truncate(size); err != nil {
@@ -324,7 +375,15 @@ func (k *keyFile) truncatePath(size int64) syscall.Errno {
 	if err != nil {
 		return k.fs.errno(err)
 	}
-	k.published(e)
+	k.mu.Lock()
+	same := !k.unlinked && !k.superseded && k.entry.Fingerprint == from.Entry.Fingerprint
+	if same {
+		k.entry = e
+	}
+	k.mu.Unlock()
+	if !same {
+		k.published(e)
+	}
 	return 0
 }
 

@@ -50,7 +50,13 @@ func (r *Root) OnAdd(ctx context.Context) {
 }
 
 func (r *Root) statsJSON() ([]byte, error) {
-	st, err := r.fs.store.Stats()
+	var st any
+	var err error
+	if r.fs.opts.Stats != nil {
+		st, err = r.fs.opts.Stats()
+	} else {
+		st, err = r.fs.store.Stats()
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -75,12 +81,13 @@ func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	}
 	out.Attr = a.Attr
 	out.SetEntryTimeout(r.fs.opts.CacheTimeout)
-	out.SetAttrTimeout(a.Timeout()) // zero: go-fuse's default applies
+	out.SetAttrTimeout(a.Timeout())
 	return ch, 0
 }
 
 func (r *Root) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	r.fs.dirAttr(&out.Attr)
+	out.SetTimeout(r.fs.opts.CacheTimeout)
 	return 0
 }
 

@@ -55,6 +55,7 @@ func (d *scopeDir) indexJSON() ([]byte, error) {
 
 func (d *scopeDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	d.fs.dirAttr(&out.Attr)
+	out.SetTimeout(d.fs.opts.CacheTimeout)
 	return 0
 }
 
@@ -82,13 +83,16 @@ func (d *scopeDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		}
 		out.Attr = a.Attr
 		out.SetEntryTimeout(d.fs.opts.CacheTimeout)
-		out.SetAttrTimeout(0)
+		out.SetAttrTimeout(noCache)
 		return d.index, 0
 	}
 	if store.ValidateKey(name) != nil {
 		return nil, syscall.ENOENT // no such file can exist; creating it says why
 	}
 	e, err := d.fs.store.Lookup(d.scope, name)
+	if err != nil && d.fs.heal(d.scope, name, err) {
+		e, err = d.fs.store.Lookup(d.scope, name)
+	}
 	if err != nil {
 		return nil, d.fs.errno(err)
 	}
@@ -137,21 +141,20 @@ func (d *scopeDir) Create(ctx context.Context, name string, flags uint32, mode u
 	if caller, ok := fuse.FromContext(ctx); ok && caller.Uid != d.fs.opts.UID {
 		kf.pendingAttr.UID, kf.pendingAttr.GID = caller.Uid, caller.Gid
 	}
-	h := &writeHandle{node: kf, truncated: true}
-	if flags&syscall.O_TRUNC == 0 {
-		// A key that exists although the kernel did not know it: keep its
-		// bytes, as open(O_CREAT) without O_TRUNC would.
-		if _, err := d.fs.store.Lookup(d.scope, name); err == nil {
-			if flags&syscall.O_EXCL != 0 {
-				return nil, nil, 0, syscall.EEXIST
-			}
-			h.truncated = false
+	h := &writeHandle{node: kf, truncated: true, appending: flags&syscall.O_APPEND != 0}
+	// A key that exists although the kernel did not know it: open(O_CREAT)
+	// keeps its mode and owner, and without O_TRUNC its bytes; O_EXCL fails.
+	if _, err := d.fs.store.Lookup(d.scope, name); err == nil {
+		if flags&syscall.O_EXCL != 0 {
+			return nil, nil, 0, syscall.EEXIST
 		}
+		kf.pendingAttr.Mode, kf.pendingAttr.UID, kf.pendingAttr.GID = 0, 0, 0
+		h.truncated = flags&syscall.O_TRUNC != 0
 	}
 	ch := d.NewInode(ctx, kf, gofs.StableAttr{Mode: syscall.S_IFREG})
 	kf.fillAttr(&out.Attr, h)
 	out.SetEntryTimeout(d.fs.opts.CacheTimeout)
-	out.SetAttrTimeout(0)
+	out.SetAttrTimeout(noCache)
 	return ch, h, fuse.FOPEN_DIRECT_IO, 0
 }
 
@@ -206,8 +209,16 @@ func (d *scopeDir) Rename(ctx context.Context, name string, newParent gofs.Inode
 	if err := d.fs.store.Rename(d.scope, name, newName); err != nil {
 		return d.fs.errno(err)
 	}
-	if ch := d.GetChild(name); ch != nil {
-		if kf, ok := ch.Operations().(*keyFile); ok {
+	src := d.GetChild(name)
+	// The file renamed over is unlinked: its open descriptors see nlink
+	// 0, and a value being written to it is never published.
+	if dst := d.GetChild(newName); dst != nil && dst != src && name != newName {
+		if kf, ok := dst.Operations().(*keyFile); ok {
+			kf.markUnlinked()
+		}
+	}
+	if src != nil {
+		if kf, ok := src.Operations().(*keyFile); ok {
 			kf.renamed(newName)
 		}
 	}

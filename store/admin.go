@@ -326,6 +326,8 @@ type Stats struct {
 	QuotaRejects   int64        `json:"quota_rejections"`
 	HotEntries     int          `json:"hot_entries"`
 	HotBytes       int64        `json:"hot_bytes"`
+	// Reads counts opens per key of the tracked scopes ("scope/key").
+	Reads map[string]int64 `json:"reads,omitempty"`
 }
 
 // Stats reports usage per scope. Keys and bytes count live entries; expired
@@ -380,6 +382,9 @@ func (s *Store) Stats() (Stats, error) {
 	st.VerifyFailures = s.counters.VerifyFailures.Load()
 	st.QuotaRejects = s.counters.QuotaRejects.Load()
 	st.HotEntries, st.HotBytes = s.hot.size()
+	if len(s.tracked) > 0 {
+		st.Reads = s.Reads()
+	}
 	return st, opErr("stats", "", "", err)
 }
 

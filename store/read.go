@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"syscall"
 
@@ -90,7 +91,20 @@ func (s *Store) Open(scope, key string) (*Value, error) {
 		return nil, opErr("open", scope, key, err)
 	}
 	v, err := s.openLive(scope, key)
+	if err == nil && s.tracked[scope] {
+		s.readsMu.Lock()
+		s.reads[scope+"/"+key]++
+		s.readsMu.Unlock()
+	}
 	return v, opErr("open", scope, key, err)
+}
+
+// Reads returns how often each key of the tracked scopes was opened since
+// the store was opened, keyed "scope/key".
+func (s *Store) Reads() map[string]int64 {
+	s.readsMu.Lock()
+	defer s.readsMu.Unlock()
+	return maps.Clone(s.reads)
 }
 
 // errValueReplaced reports that the entry an open started from was replaced

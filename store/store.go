@@ -41,6 +41,9 @@ type Options struct {
 	HotEntryMax int64
 	// Logger receives integrity failures and repairs (default: discard).
 	Logger *slog.Logger
+	// TrackReads lists scopes whose reads are counted per key (Stats.Reads):
+	// the instructions scope, to see which sets agents load.
+	TrackReads []string
 }
 
 // Store is an open store directory. Its methods are safe for concurrent use.
@@ -75,6 +78,9 @@ type Store struct {
 	nextWatch int
 
 	counters  Counters
+	tracked   map[string]bool
+	readsMu   sync.Mutex
+	reads     map[string]int64 // "scope/key" -> opens, for tracked scopes
 	closed    atomic.Bool
 	sweepDone chan struct{}
 }
@@ -140,6 +146,11 @@ func Open(dir string, opts Options) (*Store, error) {
 		inflight:  map[index.Fingerprint]int{},
 		liveTmp:   map[string]struct{}{},
 		sweepDone: make(chan struct{}),
+		tracked:   map[string]bool{},
+		reads:     map[string]int64{},
+	}
+	for _, sc := range opts.TrackReads {
+		s.tracked[sc] = true
 	}
 	if err := s.prepareLayout(); err != nil {
 		lock.Close()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/iriskvfs/iriskvfs/instructions"
 	"github.com/iriskvfs/iriskvfs/integration/api"
 	"github.com/iriskvfs/iriskvfs/quota"
 	"github.com/iriskvfs/iriskvfs/store"
@@ -227,7 +228,20 @@ func cmdStats(c *cli.Context) error {
 		if c.Bool("json") {
 			return writeJSON(c.App.Writer, st)
 		}
-		return printStats(c.App.Writer, &st)
+		if err := printStats(c.App.Writer, &st.Stats); err != nil {
+			return err
+		}
+		if t := st.Instructions; t != nil {
+			fmt.Fprint(c.App.Writer, "instruction reads since mount:")
+			for _, set := range instructions.Canonical() {
+				fmt.Fprintf(c.App.Writer, " %s %d,", set.Task, t.Reads[set.Key])
+			}
+			fmt.Fprintf(c.App.Writer, " restored %d\n", t.Restored)
+			if len(t.NeverRead) > 0 {
+				fmt.Fprintf(c.App.Writer, "never read: %s\n", strings.Join(t.NeverRead, ", "))
+			}
+		}
+		return nil
 	})
 }
 func printStats(w io.Writer, st *store.Stats) error {

@@ -24,13 +24,21 @@ type Backend interface {
 	// List returns the live entries of scope, or of every scope for "".
 	List(ctx context.Context, scope string) ([]Entry, error)
 	Delete(ctx context.Context, scope, key string) error
-	Stats(ctx context.Context) (store.Stats, error)
+	Stats(ctx context.Context) (Stats, error)
 	Prune(ctx context.Context) (store.PruneResult, error)
 	Clear(ctx context.Context, scope string) (int, error)
 	Fsck(ctx context.Context, repair bool) (*store.FsckReport, error)
 	// Seed writes the canonical instruction sets that are missing, expired,
 	// corrupt or outdated (all with force).
 	Seed(ctx context.Context, force bool) ([]instructions.Action, error)
+}
+
+// Stats is the stats document: the store's figures and, where the
+// instruction sets are tracked, their telemetry. It is what `stats --json`
+// prints, the stats route returns and .stats holds.
+type Stats struct {
+	store.Stats
+	Instructions *instructions.Telemetry `json:"instructions,omitempty"`
 }
 
 // PutOptions are the per-key settings a put may carry.
@@ -75,8 +83,12 @@ func EntryOf(e *index.Entry) Entry {
 	return j
 }
 
-// Local is a Backend over a store in this process.
-type Local struct{ Store *store.Store }
+// Local is a Backend over a store in this process. Guard, when set, is the
+// daemon's instruction guard, whose restorations the stats report.
+type Local struct {
+	Store *store.Store
+	Guard *instructions.Guard
+}
 
 func (l Local) Put(_ context.Context, scope, key string, body io.Reader, o PutOptions) (Entry, error) {
 	e, err := l.Store.Put(scope, key, body, store.PutOptions{TTL: o.TTL, ContentType: o.ContentType, Meta: o.Meta})
@@ -119,7 +131,18 @@ func (l Local) List(_ context.Context, scope string) ([]Entry, error) {
 
 func (l Local) Delete(_ context.Context, scope, key string) error { return l.Store.Delete(scope, key) }
 
-func (l Local) Stats(context.Context) (store.Stats, error) { return l.Store.Stats() }
+func (l Local) Stats(context.Context) (Stats, error) {
+	st, err := l.Store.Stats()
+	if err != nil {
+		return Stats{}, err
+	}
+	out := Stats{Stats: st}
+	if st.Reads != nil {
+		t := instructions.TelemetryOf(&st, l.Guard)
+		out.Instructions = &t
+	}
+	return out, nil
+}
 
 func (l Local) Prune(context.Context) (store.PruneResult, error) { return l.Store.Prune() }
 

@@ -118,8 +118,8 @@ func (c *Client) Delete(ctx context.Context, scope, key string) error {
 	return c.decode(ctx, http.MethodDelete, "value", url.Values{"scope": {scope}, "key": {key}}, nil, &out)
 }
 
-func (c *Client) Stats(ctx context.Context) (store.Stats, error) {
-	var st store.Stats
+func (c *Client) Stats(ctx context.Context) (Stats, error) {
+	var st Stats
 	return st, c.decode(ctx, http.MethodGet, "stats", nil, nil, &st)
 }
 
