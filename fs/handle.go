@@ -10,6 +10,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/iriskvfs/iriskvfs/index"
 	"github.com/iriskvfs/iriskvfs/store"
 )
 
@@ -51,6 +52,18 @@ type writeHandle struct {
 	w         *store.Writer
 	base      *store.Value // the published value, for reads before any change
 	truncated bool         // the next writer starts empty
+	// appending (O_APPEND): every write goes to the end of the staged
+	// value, whatever offset the kernel computed from its idea of the size
+	// (which is the published value's while the write is staged).
+	appending bool
+	// mtimeSeq is the node's mtimeSeq when this handle was opened (or last
+	// published): a time set after it is applied to what it publishes.
+	mtimeSeq uint64
+	// failed is the errno of a write or truncate the store refused (quota,
+	// space, I/O). The staged value then lacks what the caller meant to
+	// write, so it is never published: the key keeps its previous value,
+	// and every later write, fsync and close reports the error.
+	failed syscall.Errno
 }
 
 var (
@@ -86,10 +99,11 @@ func (h *writeHandle) writer() (*store.Writer, syscall.Errno) {
 	k := h.node
 	k.mu.Lock()
 	key := k.key
-	opts := store.PutOptions{
-		Inherit: true,
-		Base:    !h.truncated,
-		Mode:    k.pendingAttr.Mode, UID: k.pendingAttr.UID, GID: k.pendingAttr.GID,
+	opts := store.PutOptions{Inherit: true, Base: !h.truncated}
+	if k.pending {
+		// The mode and owner given at create; a published key's inode
+		// inherits its value's (chmod, chown since then included).
+		opts.Mode, opts.UID, opts.GID = k.pendingAttr.Mode, k.pendingAttr.UID, k.pendingAttr.GID
 	}
 	k.mu.Unlock()
 	w, err := k.fs.store.NewWriter(k.scope(), key, opts)
@@ -103,13 +117,20 @@ func (h *writeHandle) writer() (*store.Writer, syscall.Errno) {
 func (h *writeHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.failed != 0 {
+		return 0, h.failed
+	}
 	w, errno := h.writer()
 	if errno != 0 {
 		return 0, errno
 	}
+	if h.appending {
+		off = w.Size()
+	}
 	n, err := w.WriteAt(data, off)
 	if err != nil {
-		return uint32(n), h.node.fs.errno(err)
+		h.failed = h.node.fs.errno(err)
+		return 0, h.failed
 	}
 	return uint32(n), 0
 }
@@ -152,6 +173,9 @@ func (h *writeHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 func (h *writeHandle) truncate(size int64) syscall.Errno {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.failed != 0 {
+		return h.failed
+	}
 	if h.w == nil && size == 0 {
 		h.truncated = true
 	}
@@ -160,7 +184,8 @@ func (h *writeHandle) truncate(size int64) syscall.Errno {
 		return errno
 	}
 	if err := w.Truncate(size); err != nil {
-		return h.node.fs.errno(err)
+		h.failed = h.node.fs.errno(err)
+		return h.failed
 	}
 	return 0
 }
@@ -185,6 +210,14 @@ func (h *writeHandle) publish() syscall.Errno {
 		}
 		return 0
 	}
+	if h.failed != 0 {
+		if h.w != nil {
+			h.w.Abort()
+			h.w = nil
+		}
+		k.abandoned()
+		return h.failed
+	}
 	if h.w == nil && !pending {
 		return 0
 	}
@@ -204,8 +237,48 @@ func (h *writeHandle) publish() syscall.Errno {
 		k.abandoned()
 		return k.fs.errno(err)
 	}
+	e = h.applyLateAttrs(e, pending)
 	k.published(e)
 	return 0
+}
+
+// applyLateAttrs gives the entry just published what was set on the file
+// while its value was staged: the mode and owner of a new file (its writer
+// was made at the first write, with the attributes of that moment), and a
+// time set with utimensat before close (cp -p, touch), which the commit's
+// "modified now" would otherwise replace.
+func (h *writeHandle) applyLateAttrs(e index.Entry, wasPending bool) index.Entry {
+	k := h.node
+	k.mu.Lock()
+	pa := k.pendingAttr
+	mtime, lateTime := k.mtime, k.mtimeSeq > h.mtimeSeq
+	h.mtimeSeq = k.mtimeSeq
+	k.mu.Unlock()
+	setMode := wasPending && pa.Mode != 0 && pa.Mode != e.Mode
+	setOwner := wasPending && (pa.UID != 0 || pa.GID != 0) && (pa.UID != e.UID || pa.GID != e.GID)
+	if !setMode && !setOwner && !lateTime {
+		return e
+	}
+	ne, err := k.fs.store.UpdateMeta(e.Scope, e.Key, func(x *index.Entry) error {
+		if x.Fingerprint != e.Fingerprint {
+			return nil // replaced meanwhile: not ours to change
+		}
+		if setMode {
+			x.Mode = pa.Mode
+		}
+		if setOwner {
+			x.UID, x.GID = pa.UID, pa.GID
+		}
+		if lateTime {
+			x.ModTime = mtime
+		}
+		return nil
+	})
+	if err != nil {
+		k.fs.log.Warn("cannot apply attributes set while the value was written", "scope", e.Scope, "key", e.Key, "err", err)
+		return e
+	}
+	return ne
 }
 
 // Flush runs on every close(2) of the file: its result is close's result,

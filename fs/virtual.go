@@ -43,7 +43,7 @@ func (v *virtualFile) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.
 	out.Blocks = (out.Size + 511) / 512
 	out.Uid, out.Gid = v.fs.opts.UID, v.fs.opts.GID
 	out.SetTimes(&now, &now, &now)
-	out.SetTimeout(0) // regenerated on every stat
+	out.SetTimeout(noCache) // regenerated on every stat
 	return 0
 }
 
