@@ -72,15 +72,6 @@ func TestConcurrentReadWrite(t *testing.T) {
 // TestConcurrentInPlaceWriters: the same with writers rewriting the shared
 // keys in place (O_TRUNC, and several writes) while readers read them.
 func TestConcurrentInPlaceWriters(t *testing.T) {
-	t.Skip("BUG: readers can see a torn value (empty, cut short, or the old value plus zero bytes) while " +
-		"another process rewrites the same key in place. The writer and the page-cache readers share one " +
-		"kernel inode, and the kernel changes that inode's i_size on its own for the writer: open(O_TRUNC) " +
-		"sets it to 0 and truncates the page cache, a direct write past EOF raises it. A reader's read is " +
-		"clamped to that i_size; its GETATTR (which gets the published size) is dropped when the writer bumped " +
-		"attr_version meanwhile, and noCache (1 ns) still caches for up to one jiffy. Fix options: never let " +
-		"a writer share an inode with open page-cache readers (ESTALE the write open and give it a fresh " +
-		"inode; serve readers that open while a writer is active with FOPEN_DIRECT_IO), or serve all reads " +
-		"with FOPEN_DIRECT_IO. Publishing by write-then-rename (TestConcurrentReadWrite) is not affected.")
 	for _, mode := range []string{"trunc", "chunked", "mixed"} {
 		t.Run(mode, func(t *testing.T) { concurrentReadWrite(t, mode, false) })
 	}
@@ -89,12 +80,6 @@ func TestConcurrentInPlaceWriters(t *testing.T) {
 // TestNoESTALEUnderReplaceChurn: an open of a key that is being replaced
 // again and again never fails.
 func TestNoESTALEUnderReplaceChurn(t *testing.T) {
-	t.Skip("BUG: an open(2) for reading can fail with ESTALE when the key is replaced twice between the " +
-		"lookup and the open: keyFile.Open answers ESTALE for a superseded inode so that the kernel looks " +
-		"the name up again, but the kernel retries only once, and the retry can race the next replacement " +
-		"(a few per 2,000 reads with 6 writers renaming over 3 keys). Possible fix: for a read-only open of " +
-		"a superseded inode, serve the key's current value with FOPEN_DIRECT_IO (its attributes are the old " +
-		"inode's, but the bytes are a complete value) instead of failing.")
 	concurrentReadWrite(t, "rename", true)
 }
 

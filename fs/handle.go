@@ -16,7 +16,8 @@ import (
 
 // readHandle reads one verified value.
 type readHandle struct {
-	v *store.Value
+	v    *store.Value
+	node *keyFile
 }
 
 var (
@@ -37,6 +38,7 @@ func (h *readHandle) Flush(ctx context.Context) syscall.Errno { return 0 }
 
 func (h *readHandle) Release(ctx context.Context) syscall.Errno {
 	h.v.Close()
+	h.node.release(false)
 	return 0
 }
 
@@ -64,6 +66,8 @@ type writeHandle struct {
 	// write, so it is never published: the key keeps its previous value,
 	// and every later write, fsync and close reports the error.
 	failed syscall.Errno
+	// uncounted is set once the handle no longer counts as a writer.
+	uncounted bool
 }
 
 var (
@@ -196,7 +200,7 @@ func (h *writeHandle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Er
 
 // publish commits the staged value. A file created through the mount is
 // published even if nothing was written (touch makes an empty key).
-func (h *writeHandle) publish() syscall.Errno {
+func (h *writeHandle) publish(atClose bool) syscall.Errno {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	k := h.node
@@ -238,7 +242,7 @@ func (h *writeHandle) publish() syscall.Errno {
 		return k.fs.errno(err)
 	}
 	e = h.applyLateAttrs(e, pending)
-	k.published(e)
+	k.published(e, atClose)
 	return 0
 }
 
@@ -283,11 +287,32 @@ func (h *writeHandle) applyLateAttrs(e index.Entry, wasPending bool) index.Entry
 
 // Flush runs on every close(2) of the file: its result is close's result,
 // so a value whose close returned 0 is published and on disk.
-func (h *writeHandle) Flush(ctx context.Context) syscall.Errno { return h.publish() }
+func (h *writeHandle) Flush(ctx context.Context) syscall.Errno {
+	errno := h.publish(true)
+	h.stopCounting()
+	return errno
+}
 
-func (h *writeHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno { return h.publish() }
+// stopCounting ends this handle's count as its inode's writer. That is at
+// its first close, not at RELEASE, which the kernel sends later and
+// asynchronously: a reader that opens the file right after the writer's
+// close must get this inode (same inode number) without an ESTALE retry.
+// Writes through a surviving duplicate of the descriptor are still staged
+// and published, but no longer keep readers off the inode.
+func (h *writeHandle) stopCounting() {
+	h.mu.Lock()
+	counted := !h.uncounted
+	h.uncounted = true
+	h.mu.Unlock()
+	if counted {
+		h.node.release(true)
+	}
+}
+
+func (h *writeHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno { return h.publish(false) }
 
 func (h *writeHandle) Release(ctx context.Context) syscall.Errno {
+	h.stopCounting()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.w != nil { // a publish that failed, or writes after the last close

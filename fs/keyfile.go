@@ -39,6 +39,17 @@ type keyFile struct {
 	// a write handle open before it applies it to what it publishes.
 	mtime    time.Time
 	mtimeSeq uint64
+
+	// Open handles. Readers and a writer never share an inode: the kernel
+	// keeps one size and one page cache per inode, and a writer's size
+	// changes would cut readers' reads short or pad them with zeros. An
+	// open that would mix them fails with ESTALE and leaves a retry note
+	// (scopeDir.retries); the kernel's retry looks the name up again, and
+	// the lookup gives that caller an inode of the kind it needs.
+	readers, writers int
+	// reservedFor is the caller (thread id) a writer's inode was made for
+	// by such a lookup; readers keep off it.
+	reservedFor uint32
 }
 
 var (
@@ -61,6 +72,36 @@ func (k *keyFile) shows(e *index.Entry) bool {
 	}
 	k.entry = *e
 	return true
+}
+
+// reusable reports whether a lookup by caller pid may answer with this
+// inode for value e: it shows e, and it is a reader's inode (no writer, not
+// reserved for one), or, for a writer retrying its open, the one reserved
+// for it.
+func (k *keyFile) reusable(e *index.Entry, pid uint32, forWrite bool) bool {
+	k.mu.Lock()
+	ok := forWrite && k.reservedFor == pid ||
+		!forWrite && k.writers == 0 && k.reservedFor == 0
+	k.mu.Unlock()
+	return ok && k.shows(e)
+}
+
+// writing reports whether a writer has, or is about to get, this inode.
+func (k *keyFile) writing() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.writers > 0 || k.reservedFor != 0
+}
+
+// release forgets one open handle.
+func (k *keyFile) release(writer bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if writer {
+		k.writers--
+	} else {
+		k.readers--
+	}
 }
 
 // showsExactly reports whether this inode shows e with the attributes the
@@ -97,8 +138,14 @@ func (k *keyFile) renamed(to string) {
 	k.entry.Key = to
 }
 
-// published records that a write through this inode published e.
-func (k *keyFile) published(e index.Entry) {
+// published records that a write through this inode published e. From a
+// close (atClose) the kernel's name is invalidated before close returns, so
+// the writer's next open or stat sees the new value; elsewhere (fsync,
+// truncate) the kernel holds the file's lock, and invalidating the name,
+// which takes the directory's, could deadlock against a rename: it is done
+// in the background, and opens of the old inode still serve a consistent
+// value meanwhile.
+func (k *keyFile) published(e index.Entry, atClose bool) {
 	k.mu.Lock()
 	wasPending := k.pending
 	if wasPending {
@@ -108,7 +155,12 @@ func (k *keyFile) published(e index.Entry) {
 		k.superseded = true
 	}
 	k.mu.Unlock()
-	if !wasPending {
+	if wasPending {
+		return
+	}
+	if atClose {
+		_ = k.dir.NotifyEntry(e.Key)
+	} else {
 		k.fs.invalidateName(k.dir.EmbeddedInode(), e.Key)
 	}
 }
@@ -202,7 +254,7 @@ func (k *keyFile) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Attr
 	h, _ := f.(*writeHandle)
 	current := k.refresh()
 	k.fillAttr(&out.Attr, h)
-	if current && (h == nil || !h.dirty()) {
+	if current && !k.writing() && (h == nil || !h.dirty()) {
 		k.mu.Lock()
 		out.SetTimeout(k.fs.timeoutUntil(k.entry.ExpiresAt))
 		k.mu.Unlock()
@@ -213,19 +265,21 @@ func (k *keyFile) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Attr
 }
 
 // checkWritable fails with ESTALE when a write open must not use this
-// inode: it is being created, or was removed or renamed over, or its key is
-// gone; the kernel then looks the name up again and retries the open on the
-// right inode. An inode that merely shows an older value is fine: the writer
-// starts from the key's current value, its reads and writes bypass the
-// inode's cache, and answering ESTALE there would let an open that races two
-// replacements of the key fail (the kernel retries only once).
+// inode: its key is gone from the store; the kernel then looks the name up
+// again and retries the open on the right inode. An inode that merely shows
+// an older value is fine (the writer starts from the key's current value,
+// and its reads and writes bypass the inode's cache), and so is a file
+// another writer is still creating (both stage their own value; the last to
+// close wins, as with any two writers). An open that raced an unlink or a
+// rename over the file gets the removed file, as POSIX has it: what is
+// written to it is never published.
 func (k *keyFile) checkWritable() syscall.Errno {
 	k.mu.Lock()
 	pending, unlinked := k.pending, k.unlinked
 	key := k.key
 	k.mu.Unlock()
 	if pending || unlinked {
-		return syscall.ESTALE
+		return 0
 	}
 	_, err := k.fs.store.Lookup(k.scope(), key)
 	if errors.Is(err, store.ErrNotFound) {
@@ -242,38 +296,76 @@ func (k *keyFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 		if errno := k.checkWritable(); errno != 0 {
 			return nil, 0, errno
 		}
-		// Writes bypass the page cache, so readers of this inode keep
-		// seeing the published value until the writer's close.
 		k.mu.Lock()
+		if k.readers > 0 {
+			k.mu.Unlock()
+			k.dir.noteRetry(ctx, k.name(), true)
+			return nil, 0, syscall.ESTALE
+		}
+		k.writers++
 		seq := k.mtimeSeq
+		key := k.key
 		k.mu.Unlock()
+		k.dir.clearRetry(ctx, key)
+		// Writes bypass the page cache: nothing staged is ever cached as
+		// the key's value.
 		return &writeHandle{node: k, truncated: flags&syscall.O_TRUNC != 0, appending: flags&syscall.O_APPEND != 0, mtimeSeq: seq}, fuse.FOPEN_DIRECT_IO, 0
 	}
 	k.mu.Lock()
-	pending, key, fp := k.pending, k.key, k.entry.Fingerprint
+	if k.pending || k.writers > 0 || k.reservedFor != 0 {
+		pending := k.pending
+		k.mu.Unlock()
+		if !pending {
+			k.dir.noteRetry(ctx, k.name(), false)
+		}
+		return nil, 0, syscall.ESTALE
+	}
+	shown, key := k.entry, k.key
+	k.readers++ // held while opening, so no writer slips in
 	k.mu.Unlock()
-	if pending {
-		return nil, 0, syscall.ESTALE
+	v, errno := k.openValue(key, shown)
+	if errno != 0 {
+		k.release(false)
+		return nil, 0, errno
 	}
-	v, err := k.fs.store.Open(k.scope(), key)
-	if err != nil && k.fs.heal(k.scope(), key, err) {
-		// Restored: the key has a new value, which this inode does not
-		// show; the kernel looks the name up again.
-		return nil, 0, syscall.ESTALE
-	}
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, 0, syscall.ESTALE
-	}
-	if err != nil {
-		return nil, 0, k.fs.errno(err)
-	}
-	if v.Entry.Fingerprint != fp {
-		v.Close()
-		return nil, 0, syscall.ESTALE
+	k.dir.clearRetry(ctx, key)
+	if v.Entry.Fingerprint != shown.Fingerprint {
+		// Another value than this inode shows (see openValue): bypass the
+		// inode's size and pages.
+		return &readHandle{v: v, node: k}, fuse.FOPEN_DIRECT_IO, 0
 	}
 	// The value is verified and this inode never shows another: the
 	// kernel may keep its pages across opens.
-	return &readHandle{v: v}, fuse.FOPEN_KEEP_CACHE, 0
+	return &readHandle{v: v, node: k}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// openValue opens, verified, the value this inode shows. If the key has
+// moved on to another value since, the reader still gets the one it looked
+// up (as after a rename over a file it had resolved) as long as the store
+// has it, or else the key's current value: either is a complete value. A
+// key that is gone fails with ESTALE, and the kernel looks the name up
+// again.
+func (k *keyFile) openValue(key string, shown index.Entry) (*store.Value, syscall.Errno) {
+	scope := k.scope()
+	v, err := k.fs.store.Open(scope, key)
+	if err != nil && k.fs.heal(scope, key, err) {
+		return nil, syscall.ESTALE // restored: a new value, on a new inode
+	}
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, syscall.ESTALE
+	case err != nil:
+		return nil, k.fs.errno(err)
+	case v.Entry.Fingerprint == shown.Fingerprint:
+		return v, 0
+	}
+	shown.Key = key
+	old, err := k.fs.store.OpenVersion(shown)
+	if err != nil {
+		return v, 0 // the looked-up value is gone: the current one
+	}
+	v.Close()
+	return old, 0
 }
 
 func (k *keyFile) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
@@ -382,7 +474,7 @@ func (k *keyFile) truncatePath(size int64) syscall.Errno {
 	}
 	k.mu.Unlock()
 	if !same {
-		k.published(e)
+		k.published(e, false)
 	}
 	return 0
 }

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -46,6 +47,11 @@ func MountStore(point string, s *store.Store, cfg MountConfig) (*Mount, error) {
 	root := NewRoot(s, cfg.Options)
 	opts := MountOptions(s.Dir(), cfg.Options, cfg.AllowOther, os.Geteuid() == 0)
 	opts.Debug = cfg.Debug
+	if cfg.ReadOnly && opts.DirectMount {
+		// A direct mount passes "ro" to the superblock only; fusermount3
+		// also makes the mount itself read-only, which /proc/mounts shows.
+		opts.DirectMountFlags = syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_RDONLY
+	}
 	server, err := gofs.Mount(point, root, opts)
 	if err != nil {
 		root.Close()
@@ -72,11 +78,27 @@ func (m *Mount) Unmount() error {
 	return nil
 }
 
+// Settle waits (up to a second) until the kernel has been told of every
+// store change made so far: the invalidations go out from their own
+// goroutine, after the change returned. The admin socket settles before it
+// answers, so that what a command changed shows through the mount at once.
+func (m *Mount) Settle() {
+	done := make(chan struct{})
+	m.root.fs.notes.post(func() { close(done) })
+	select {
+	case <-done:
+	case <-time.After(time.Second): // stopped, or stuck behind a kernel lock
+	}
+}
+
 // PrepareMountPoint makes sure point is an empty-enough directory to mount
 // on: it creates it if missing, and lazily unmounts a dead FUSE mount
 // ("transport endpoint is not connected") that a killed daemon left.
 func PrepareMountPoint(point string) error {
 	_, err := os.Stat(point)
+	if err == nil && IsDeadMount(point) {
+		err = &os.PathError{Op: "statfs", Path: point, Err: syscall.ENOTCONN}
+	}
 	switch {
 	case err == nil:
 	case errors.Is(err, syscall.ENOTCONN):
@@ -101,6 +123,42 @@ func PrepareMountPoint(point string) error {
 		return fmt.Errorf("mount point %s is not a directory", point)
 	}
 	return nil
+}
+
+// IsDeadMount reports whether point is a FUSE mount whose server is gone
+// ("transport endpoint is not connected"). stat cannot tell: the kernel
+// answers it from the root's cached attributes, without asking the server,
+// for as long as their timeout (an hour); statfs always asks. A server that
+// is there but does not answer is not dead: after 2 s it gives up (leaving
+// the probe blocked until the server answers or the connection is aborted).
+func IsDeadMount(point string) bool {
+	res := make(chan error, 1)
+	go func() {
+		var st syscall.Statfs_t
+		res <- syscall.Statfs(point, &st)
+	}()
+	select {
+	case err := <-res:
+		return errors.Is(err, syscall.ENOTCONN)
+	case <-time.After(2 * time.Second):
+		return false
+	}
+}
+
+// AbortConnection aborts the FUSE connection of the mount at point
+// (umount2 with MNT_FORCE, root only): every request waiting on it fails,
+// and the mount goes, or, while files are open on it, is left dead for
+// LazyUnmount. It is the way out when a killed daemon cannot finish dying:
+// a thread of it is blocked in the kernel sending an invalidation for a
+// directory that a request waiting for the daemon holds locked, and the
+// connection stays open while that thread lives, so neither the waiting
+// request nor the thread ever ends.
+func AbortConnection(point string) error {
+	err := syscall.Unmount(point, syscall.MNT_FORCE)
+	if errors.Is(err, syscall.EBUSY) {
+		return nil // still mounted (files are open on it), but aborted
+	}
+	return err
 }
 
 // LazyUnmount detaches the mount at point (MNT_DETACH as root, else

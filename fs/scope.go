@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"sync"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -22,6 +23,58 @@ type scopeDir struct {
 	fs    *FS
 	scope string
 	index *gofs.Inode // the _index.json node
+
+	// retries notes, per name and caller, an open refused with ESTALE
+	// because it would have mixed readers and a writer on one inode: true
+	// for a writer. The caller's next lookups of the name get an inode of
+	// the kind it needs, until its open succeeds.
+	retryMu sync.Mutex
+	retries map[retryKey]bool
+}
+
+type retryKey struct {
+	name string
+	pid  uint32
+}
+
+// maxRetries bounds the notes left by callers that never came back.
+const maxRetries = 4096
+
+func callerPid(ctx context.Context) uint32 {
+	if c, ok := fuse.FromContext(ctx); ok {
+		return c.Pid
+	}
+	return 0
+}
+
+func (d *scopeDir) noteRetry(ctx context.Context, name string, writer bool) {
+	pid := callerPid(ctx)
+	if pid == 0 {
+		return
+	}
+	d.retryMu.Lock()
+	defer d.retryMu.Unlock()
+	if d.retries == nil || len(d.retries) >= maxRetries {
+		d.retries = map[retryKey]bool{}
+	}
+	d.retries[retryKey{name, pid}] = writer
+}
+
+func (d *scopeDir) clearRetry(ctx context.Context, name string) {
+	pid := callerPid(ctx)
+	d.retryMu.Lock()
+	defer d.retryMu.Unlock()
+	delete(d.retries, retryKey{name, pid})
+}
+
+// retryKind says whether the caller of ctx is retrying an open of name,
+// and whether as a writer.
+func (d *scopeDir) retryKind(ctx context.Context, name string) (pid uint32, retrying, writer bool) {
+	pid = callerPid(ctx)
+	d.retryMu.Lock()
+	defer d.retryMu.Unlock()
+	writer, retrying = d.retries[retryKey{name, pid}]
+	return pid, retrying, writer
 }
 
 var (
@@ -97,7 +150,15 @@ func (d *scopeDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		return nil, d.fs.errno(err)
 	}
 	child := d.versionInode(ctx, name, &e)
-	child.Operations().(*keyFile).fillEntry(out, &e)
+	kf := child.Operations().(*keyFile)
+	kf.fillEntry(out, &e)
+	if kf.writing() {
+		// A writer's inode: the kernel changes its size on its own as the
+		// writer goes, so nobody else may take its name or size from the
+		// cache; their next lookup gets a reader's inode.
+		out.SetEntryTimeout(noCache)
+		out.SetAttrTimeout(noCache)
+	}
 	return child, 0
 }
 
@@ -106,12 +167,16 @@ func (d *scopeDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 // inode so that pages the kernel cached for the old value can never be
 // served as part of the new one.
 func (d *scopeDir) versionInode(ctx context.Context, name string, e *index.Entry) *gofs.Inode {
+	pid, _, forWrite := d.retryKind(ctx, name)
 	if ch := d.GetChild(name); ch != nil {
-		if kf, ok := ch.Operations().(*keyFile); ok && kf.shows(e) {
+		if kf, ok := ch.Operations().(*keyFile); ok && kf.reusable(e, pid, forWrite) {
 			return ch
 		}
 	}
 	kf := &keyFile{fs: d.fs, dir: d, key: name, entry: *e}
+	if forWrite {
+		kf.reservedFor = pid
+	}
 	return d.NewInode(ctx, kf, gofs.StableAttr{Mode: syscall.S_IFREG})
 }
 
@@ -141,6 +206,7 @@ func (d *scopeDir) Create(ctx context.Context, name string, flags uint32, mode u
 	if caller, ok := fuse.FromContext(ctx); ok && caller.Uid != d.fs.opts.UID {
 		kf.pendingAttr.UID, kf.pendingAttr.GID = caller.Uid, caller.Gid
 	}
+	kf.writers = 1 // h, released in its Release
 	h := &writeHandle{node: kf, truncated: true, appending: flags&syscall.O_APPEND != 0}
 	// A key that exists although the kernel did not know it: open(O_CREAT)
 	// keeps its mode and owner, and without O_TRUNC its bytes; O_EXCL fails.

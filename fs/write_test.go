@@ -510,12 +510,6 @@ func TestMetadataKept(t *testing.T) {
 // TestStatRightAfterRewrite: stat(2) right after close(2) of a rewrite of an
 // existing key shows the new size.
 func TestStatRightAfterRewrite(t *testing.T) {
-	t.Skip("BUG (rare: ~1 in 200 here): a rewrite through an existing inode publishes a new inode for the " +
-		"key and invalidates the old name asynchronously (the notifier goroutine), so a stat(2) issued right " +
-		"after close(2) can still reach the old inode and report the previous size and mtime. Reads are not " +
-		"affected (open of the superseded inode answers ESTALE and the kernel looks the name up again). " +
-		"Fix: invalidate the name before FLUSH answers (close holds no directory lock), or have GETATTR of a " +
-		"superseded inode answer ESTALE for path stats, which the kernel retries with a fresh lookup.")
 	tm := mountStore(t, mountOptions{})
 	p := tm.path("task", "k")
 	for i := 1; i <= 500; i++ {

@@ -62,6 +62,9 @@ type Writer struct {
 	// quota, as last computed; a write past it recomputes before refusing.
 	room int64
 	done bool
+	// failed is an I/O error that left the staged file unlike what the
+	// writer believes it holds; Commit refuses to publish after one.
+	failed error
 }
 
 // NewWriter starts a write of scope/key.
@@ -243,6 +246,9 @@ func (w *Writer) WriteAt(p []byte, off int64) (int, error) {
 		w.size = e
 	}
 	if err != nil {
+		// The staged file may now hold part of p beyond what Size says:
+		// this value can never be published.
+		w.failed = err
 		return n, opErr("write", w.scope.Name, w.key, err)
 	}
 	return n, nil
@@ -281,6 +287,7 @@ func (w *Writer) Truncate(size int64) error {
 		}
 	}
 	if err := w.f.Truncate(size); err != nil {
+		w.failed = err
 		return opErr("truncate", w.scope.Name, w.key, err)
 	}
 	if size != w.hashed {
@@ -329,6 +336,10 @@ func (w *Writer) Abort() {
 func (w *Writer) Commit() (index.Entry, error) {
 	if err := w.usable(); err != nil {
 		return index.Entry{}, err
+	}
+	if w.failed != nil {
+		w.Abort()
+		return index.Entry{}, opErr("put", w.scope.Name, w.key, fmt.Errorf("an earlier write failed: %w", w.failed))
 	}
 	e, err := w.commit()
 	w.Abort() // releases the temporary file in every case

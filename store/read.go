@@ -99,6 +99,29 @@ func (s *Store) Open(scope, key string) (*Value, error) {
 	return v, opErr("open", scope, key, err)
 }
 
+// OpenVersion opens the value e describes, which may no longer be its
+// key's current one: a reader that resolved the key before a replacement
+// may read what it resolved. It fails with ErrNotFound when that value has
+// expired, or is gone from the store.
+func (s *Store) OpenVersion(e index.Entry) (*Value, error) {
+	if _, err := s.checkAddress(e.Scope, e.Key); err != nil {
+		return nil, opErr("open", e.Scope, e.Key, err)
+	}
+	if e.ExpiredAt(s.now()) {
+		return nil, opErr("open", e.Scope, e.Key, ErrNotFound)
+	}
+	v, err := s.openEntry(&e)
+	if errors.Is(err, errValueReplaced) {
+		err = ErrNotFound
+	}
+	if err == nil && s.tracked[e.Scope] {
+		s.readsMu.Lock()
+		s.reads[e.Scope+"/"+e.Key]++
+		s.readsMu.Unlock()
+	}
+	return v, opErr("open", e.Scope, e.Key, err)
+}
+
 // Reads returns how often each key of the tracked scopes was opened since
 // the store was opened, keyed "scope/key".
 func (s *Store) Reads() map[string]int64 {
