@@ -38,7 +38,8 @@ func TestMain(m *testing.M) {
 	if g := os.Getenv("GORACE"); !strings.Contains(g, "atexit_sleep_ms") {
 		os.Setenv("GORACE", strings.TrimSpace(g+" atexit_sleep_ms=0"))
 	}
-	testscript.Main(m, map[string]func(){
+	// leftoverCheck (mount_test.go) fails the run if a test left a mount.
+	testscript.Main(leftoverCheck{m}, map[string]func(){
 		"iriskvfs": func() { os.Exit(run(os.Args, os.Stdin, os.Stdout, os.Stderr)) },
 		"holdlock": holdLockMain,
 	})

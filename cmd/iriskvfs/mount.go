@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -98,7 +99,7 @@ func readyReporter() func(error) {
 		if err == nil {
 			fmt.Fprintln(f, "ok")
 		} else {
-			fmt.Fprintln(f, firstLine(err.Error()))
+			fmt.Fprintln(f, oneLine(err.Error())) // yaml puts its reason on a later line
 		}
 		f.Close()
 	}
@@ -110,11 +111,19 @@ func serveMount(c *cli.Context, point string, ready func(error)) error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if dir, err := filepath.Abs(c.String("store")); err == nil && releaseKilledDaemon(point, dir) {
+		log.Warn("aborted the mount of a killed daemon that could not exit", "mountpoint", point)
+	}
 	s, err := store.Open(c.String("store"), store.Options{Policy: policy, Logger: log})
 	if err != nil {
 		return err
 	}
 	defer s.Close()
+	// Catch SIGINT/SIGTERM before the mount exists: one that came between
+	// the mount and signal.Notify would kill us and leave a dead mount.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
 	m, err := fs.MountStore(point, s, fs.MountConfig{
 		Options: fs.Options{
 			UID: uint32(os.Getuid()), GID: uint32(os.Getgid()),
@@ -126,7 +135,7 @@ func serveMount(c *cli.Context, point string, ready func(error)) error {
 	if err != nil {
 		return err
 	}
-	admin, err := api.ServeAdmin(s.Dir(), api.Local{Store: s}, log)
+	admin, err := api.ServeAdmin(s.Dir(), settled{api.Local{Store: s}, m.Settle}, log)
 	if err != nil {
 		m.Unmount()
 		return err
@@ -138,9 +147,6 @@ func serveMount(c *cli.Context, point string, ready func(error)) error {
 	stopPruner := startPruner(s, log)
 	defer stopPruner()
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 	served := make(chan struct{})
 	go func() { m.Wait(); close(served) }()
 	for {
@@ -160,6 +166,46 @@ func serveMount(c *cli.Context, point string, ready func(error)) error {
 			return nil
 		}
 	}
+}
+
+// settled is the admin socket's backend: a command that changed the store
+// gets its answer only once the kernel was told (see fs.Mount.Settle), so
+// that the change shows through the mount as soon as the command returns.
+type settled struct {
+	api.Backend
+	settle func()
+}
+
+func (b settled) Put(ctx context.Context, scope, key string, body io.Reader, o api.PutOptions) (api.Entry, error) {
+	e, err := b.Backend.Put(ctx, scope, key, body, o)
+	b.settle()
+	return e, err
+}
+
+func (b settled) Delete(ctx context.Context, scope, key string) error {
+	err := b.Backend.Delete(ctx, scope, key)
+	b.settle()
+	return err
+}
+
+func (b settled) Prune(ctx context.Context) (store.PruneResult, error) {
+	r, err := b.Backend.Prune(ctx)
+	b.settle()
+	return r, err
+}
+
+func (b settled) Clear(ctx context.Context, scope string) (int, error) {
+	n, err := b.Backend.Clear(ctx, scope)
+	b.settle()
+	return n, err
+}
+
+func (b settled) Fsck(ctx context.Context, repair bool) (*store.FsckReport, error) {
+	r, err := b.Backend.Fsck(ctx, repair)
+	if repair {
+		b.settle()
+	}
+	return r, err
 }
 
 // startPruner reclaims expired entries in the background. Lookups already
@@ -268,7 +314,16 @@ func cmdUnmount(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := os.Stat(point); errors.Is(err, syscall.ENOTCONN) {
+	if releaseKilledDaemon(point, "") {
+		if _, still := fs.FindMount(point); still {
+			if err := fs.LazyUnmount(point); err != nil {
+				return err
+			}
+		}
+		fmt.Fprintf(c.App.Writer, "cleared dead mount %s\n", point)
+		return nil
+	}
+	if _, err := os.Stat(point); errors.Is(err, syscall.ENOTCONN) || (err == nil && fs.IsDeadMount(point)) {
 		if err := fs.LazyUnmount(point); err != nil {
 			return err
 		}
@@ -286,7 +341,10 @@ func cmdUnmount(c *cli.Context) error {
 		if err := syscall.Kill(pid, syscall.SIGTERM); err == nil {
 			deadline := time.Now().Add(10 * time.Second)
 			for time.Now().Before(deadline) {
-				if _, still := fs.FindMount(point); !still {
+				// Gone, and the daemon has let go of the store (and of its
+				// admin socket): the next command may open it at once.
+				_, still := fs.FindMount(point)
+				if holder, held := store.LockHolder(mi.Source); !still && (!held || holder != pid) {
 					fmt.Fprintf(c.App.Writer, "unmounted %s\n", point)
 					return nil
 				}
@@ -300,4 +358,54 @@ func cmdUnmount(c *cli.Context) error {
 	}
 	fmt.Fprintf(c.App.Writer, "detached %s (no daemon answered)\n", point)
 	return nil
+}
+
+// releaseKilledDaemon frees the iriskvfs mount at point (of the store in
+// storeDir, or of any store for "") from a daemon that was killed but
+// cannot finish dying: a thread of it is stuck in the kernel on the mount
+// itself, and it keeps the store locked and the mount hung (see
+// fs.AbortConnection). It aborts the mount's connection, which lets the
+// daemon go, and waits for the store's lock; it reports whether it did.
+func releaseKilledDaemon(point, storeDir string) bool {
+	mi, ok := fs.FindMount(point)
+	if !ok || mi.Type != fs.FSType || (storeDir != "" && filepath.Clean(mi.Source) != filepath.Clean(storeDir)) {
+		return false
+	}
+	pid, held := store.LockHolder(mi.Source)
+	if !held || !dying(pid) {
+		return false
+	}
+	if err := fs.AbortConnection(point); err != nil {
+		return false
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if holder, held := store.LockHolder(mi.Source); !held || holder != pid {
+			break
+		}
+	}
+	return true
+}
+
+// dying reports whether pid was killed (SIGKILL pending) or its main
+// thread has exited (a zombie) while other threads live on.
+func dying(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		name, val, _ := strings.Cut(line, ":")
+		val = strings.TrimSpace(val)
+		switch name {
+		case "State":
+			if strings.HasPrefix(val, "Z") {
+				return true
+			}
+		case "SigPnd", "ShdPnd":
+			if m, err := strconv.ParseUint(val, 16, 64); err == nil && m&(1<<(syscall.SIGKILL-1)) != 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
