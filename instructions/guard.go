@@ -65,30 +65,33 @@ func (g *Guard) loop() {
 	}
 }
 
-// restore rewrites key if needed and reports whether it did.
-func (g *Guard) restore(key string) bool {
+// restore rewrites key if needed. It reports whether the set is present
+// and intact afterwards, and whether this call wrote it.
+func (g *Guard) restore(key string) (ok, wrote bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	a, err := Restore(g.s, key)
 	if err != nil {
 		g.log.Error("cannot restore instruction set", "key", key, "err", err)
-		return false
+		return false, false
 	}
 	if a.Did == "unchanged" {
-		return false
+		return true, false
 	}
 	g.restored.Add(1)
 	g.log.Warn("restored instruction set", "key", key, "version", a.Version, "reason", a.Reason)
-	return true
+	return true, true
 }
 
-// Heal restores scope/key at once if it is a canonical set that needs it,
-// and reports whether it wrote it (the caller then retries).
+// Heal restores scope/key at once if it is a canonical set that needs it.
+// It reports whether the set is present and intact now (restored by this
+// call or another), so that the caller's retry will find it.
 func (g *Guard) Heal(scope, key string) bool {
 	if !IsCanonical(scope, key) {
 		return false
 	}
-	return g.restore(key)
+	ok, _ := g.restore(key)
+	return ok
 }
 
 // Restored is how many restorations the guard made.

@@ -77,7 +77,12 @@ func TestGuardRestoresDeletedClearedAndCorruptSets(t *testing.T) {
 		t.Fatal("Heal did not restore an expired set")
 	}
 	waitCanonical(t, s, sets[2].Key)
-	if g.Heal(instructions.Scope, sets[2].Key) {
+	before, _ := s.Lookup(instructions.Scope, sets[2].Key)
+	after, _ := s.Lookup(instructions.Scope, sets[2].Key)
+	if !g.Heal(instructions.Scope, sets[2].Key) {
+		t.Error("Heal of a set that is fine did not say it is present")
+	}
+	if after, _ = s.Lookup(instructions.Scope, sets[2].Key); !after.CreatedAt.Equal(before.CreatedAt) {
 		t.Error("Heal rewrote a set that was fine")
 	}
 	if g.Heal("task", sets[2].Key) || g.Heal(instructions.Scope, "not_canonical") {

@@ -19,6 +19,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/iriskvfs/iriskvfs/fs"
+	"github.com/iriskvfs/iriskvfs/instructions"
 	"github.com/iriskvfs/iriskvfs/integration/api"
 	"github.com/iriskvfs/iriskvfs/store"
 )
@@ -33,7 +34,7 @@ func mountCommands() []*cli.Command {
 			Name: "mount", Usage: "mount the cache (foreground unless --daemon)", ArgsUsage: "[MOUNTPOINT]",
 			Flags: []cli.Flag{
 				&cli.BoolFlag{Name: "daemon", Aliases: []string{"d"}, Usage: "detach once the mount answers; log to STORE/daemon.log"},
-				&cli.BoolFlag{Name: "seed", Usage: "write the canonical instruction sets at mount time"},
+				&cli.BoolFlag{Name: "seed", Usage: "write the canonical instruction sets at mount time, and keep them present while mounted"},
 				&cli.BoolFlag{Name: "allow-other", Usage: "let other users use the mount (adds default_permissions)"},
 				&cli.BoolFlag{Name: "read-only", Usage: "refuse every change through the mount"},
 				&cli.BoolFlag{Name: "debug", Usage: "log every FUSE request"},
@@ -62,9 +63,6 @@ func cmdMount(c *cli.Context) error {
 	point, err := mountPoint(c)
 	if err != nil {
 		return err
-	}
-	if c.Bool("seed") {
-		return errors.New("--seed: the canonical instruction sets are not built yet (issue 4)")
 	}
 	if c.Bool("daemon") && os.Getenv(readyFDEnv) == "" {
 		return startDaemon(c, point)
@@ -114,28 +112,52 @@ func serveMount(c *cli.Context, point string, ready func(error)) error {
 	if dir, err := filepath.Abs(c.String("store")); err == nil && releaseKilledDaemon(point, dir) {
 		log.Warn("aborted the mount of a killed daemon that could not exit", "mountpoint", point)
 	}
-	s, err := store.Open(c.String("store"), store.Options{Policy: policy, Logger: log})
+	s, err := store.Open(c.String("store"), store.Options{
+		Policy: policy, Logger: log,
+		TrackReads: []string{instructions.Scope}, // the telemetry of .stats
+	})
 	if err != nil {
 		return err
 	}
 	defer s.Close()
+	var guard *instructions.Guard
+	if c.Bool("seed") {
+		if _, ok := policy.Scope(instructions.Scope); !ok {
+			return fmt.Errorf("--seed: the policy has no %q scope", instructions.Scope)
+		}
+		actions, err := instructions.Seed(s, false)
+		if err != nil {
+			return fmt.Errorf("--seed: %w", err)
+		}
+		for _, a := range actions {
+			log.Info("seed", "key", a.Key, "version", a.Version, "did", a.Did, "reason", a.Reason)
+		}
+		guard = instructions.StartGuard(s, log)
+		defer guard.Stop()
+	}
+	backend := api.Local{Store: s, Guard: guard}
+	fsOpts := fs.Options{
+		UID: uint32(os.Getuid()), GID: uint32(os.Getgid()),
+		ReadOnly: c.Bool("read-only"), Logger: log,
+		Stats: func() (any, error) { return backend.Stats(context.Background()) },
+	}
+	if guard != nil {
+		fsOpts.Heal = guard.Heal
+	}
 	// Catch SIGINT/SIGTERM before the mount exists: one that came between
 	// the mount and signal.Notify would kill us and leave a dead mount.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 	m, err := fs.MountStore(point, s, fs.MountConfig{
-		Options: fs.Options{
-			UID: uint32(os.Getuid()), GID: uint32(os.Getgid()),
-			ReadOnly: c.Bool("read-only"), Logger: log,
-		},
+		Options:    fsOpts,
 		AllowOther: c.Bool("allow-other"),
 		Debug:      c.Bool("debug"),
 	})
 	if err != nil {
 		return err
 	}
-	admin, err := api.ServeAdmin(s.Dir(), settled{api.Local{Store: s}, m.Settle}, log)
+	admin, err := api.ServeAdmin(s.Dir(), settled{backend, m.Settle}, log)
 	if err != nil {
 		m.Unmount()
 		return err
@@ -180,6 +202,12 @@ func (b settled) Put(ctx context.Context, scope, key string, body io.Reader, o a
 	e, err := b.Backend.Put(ctx, scope, key, body, o)
 	b.settle()
 	return e, err
+}
+
+func (b settled) Seed(ctx context.Context, force bool) ([]instructions.Action, error) {
+	a, err := b.Backend.Seed(ctx, force)
+	b.settle()
+	return a, err
 }
 
 func (b settled) Delete(ctx context.Context, scope, key string) error {
@@ -269,7 +297,7 @@ func startDaemon(c *cli.Context, point string) error {
 		args = append(args, "--config", cfg)
 	}
 	args = append(args, "mount", point)
-	for _, f := range []string{"read-only", "allow-other", "debug"} {
+	for _, f := range []string{"seed", "read-only", "allow-other", "debug"} {
 		if c.Bool(f) {
 			args = append(args, "--"+f)
 		}
