@@ -89,6 +89,11 @@ func openStore(c *cli.Context) (*store.Store, error) {
 // socket when a daemon serves it, else by opening the store directly. Both
 // give the same results and the same error lines.
 func withBackend(c *cli.Context, fn func(api.Backend) error) error {
+	// A bad --config is an error either way, even though a daemon applies
+	// its own policy.
+	if _, err := loadPolicy(c); err != nil {
+		return err
+	}
 	sock := api.SocketPath(c.String("store"))
 	if conn, err := net.DialTimeout("unix", sock, time.Second); err == nil {
 		conn.Close()
