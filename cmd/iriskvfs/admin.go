@@ -82,7 +82,12 @@ func openStore(c *cli.Context) (*store.Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return store.Open(c.String("store"), store.Options{Policy: p, Logger: slog.New(slog.DiscardHandler)})
+	// Reads of the instruction sets are tracked as the daemon tracks them,
+	// so that stats has the same shape offline (where nothing was read yet).
+	return store.Open(c.String("store"), store.Options{
+		Policy: p, Logger: slog.New(slog.DiscardHandler),
+		TrackReads: []string{instructions.Scope},
+	})
 }
 
 // withBackend runs fn against the store: through the mount daemon's admin
