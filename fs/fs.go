@@ -49,6 +49,7 @@ type FS struct {
 	log     *slog.Logger
 	notes   *notifier
 	scopes  map[string]*gofs.Inode // set in Root.OnAdd, read-only after
+	mounted time.Time
 	unwatch func()
 }
 
@@ -60,7 +61,7 @@ func NewRoot(s *store.Store, opts Options) *Root {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	f := &FS{store: s, opts: opts, log: opts.Logger, notes: newNotifier()}
+	f := &FS{store: s, opts: opts, log: opts.Logger, notes: newNotifier(), mounted: time.Now()}
 	return &Root{fs: f}
 }
 
@@ -265,6 +266,7 @@ func (f *FS) dirAttr(out *fuse.Attr) {
 	out.Mode = syscall.S_IFDIR | 0o755
 	out.Nlink = 2
 	out.Uid, out.Gid = f.opts.UID, f.opts.GID
+	out.SetTimes(&f.mounted, &f.mounted, &f.mounted) // the tree dates from the mount
 }
 
 // statfs fills out for a quota of total bytes of which used are used.
