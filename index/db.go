@@ -47,8 +47,11 @@ type batchCall struct {
 // have buckets.
 func Open(path string, scopes []string) (*DB, error) {
 	b, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:        time.Second,
-		NoFreelistSync: true, // the freelist is rebuilt on open; commits write less
+		Timeout: time.Second,
+		// The freelist is synced with each commit: without it every open
+		// walks the whole file to rebuild it (0.4 s for 100k keys with a
+		// cold page cache, against about 1 ms), for a commit ~10% cheaper.
+		NoFreelistSync: false,
 		FreelistType:   bolt.FreelistMapType,
 	})
 	if err != nil {

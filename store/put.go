@@ -65,6 +65,8 @@ type Writer struct {
 	// failed is an I/O error that left the staged file unlike what the
 	// writer believes it holds; Commit refuses to publish after one.
 	failed error
+	// renamed is set once the staged file became a blob.
+	renamed bool
 }
 
 // NewWriter starts a write of scope/key.
@@ -326,7 +328,9 @@ func (w *Writer) Abort() {
 	}
 	w.done = true
 	w.f.Close()
-	os.Remove(filepath.Join(w.s.dir, tmpDir, w.tmpName))
+	if !w.renamed {
+		os.Remove(filepath.Join(w.s.dir, tmpDir, w.tmpName))
+	}
 	w.forgetTmp(w.tmpName)
 }
 
@@ -394,6 +398,7 @@ func (w *Writer) commit() (index.Entry, error) {
 	if err := os.Rename(filepath.Join(s.dir, tmpDir, w.tmpName), blob); err != nil {
 		return index.Entry{}, err
 	}
+	w.renamed = true // Abort has no temporary file to remove
 	// A blob that was already named (and not by a writer still in flight) is
 	// already durable; a new name needs the directory synced before the
 	// index may point at it.
