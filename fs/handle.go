@@ -21,10 +21,23 @@ type readHandle struct {
 }
 
 var (
-	_ gofs.FileReader   = (*readHandle)(nil)
-	_ gofs.FileReleaser = (*readHandle)(nil)
-	_ gofs.FileFlusher  = (*readHandle)(nil)
+	_ gofs.FileReader          = (*readHandle)(nil)
+	_ gofs.FileReleaser        = (*readHandle)(nil)
+	_ gofs.FileFlusher         = (*readHandle)(nil)
+	_ gofs.FilePassthroughFder = (*readHandle)(nil)
 )
+
+// PassthroughFd lets the kernel read a value that is not held in memory
+// straight from its blob file (FUSE passthrough, root only; go-fuse falls
+// back to READ requests where the kernel refuses). That is safe because the
+// blob was verified when this handle was opened and is never written again:
+// a new value is a new blob.
+func (h *readHandle) PassthroughFd() (int, bool) {
+	if f := h.v.File(); f != nil {
+		return int(f.Fd()), true
+	}
+	return 0, false
+}
 
 func (h *readHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	n, err := h.v.ReadAt(dest, off)
