@@ -27,13 +27,13 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 
-# Mounts the cache in the foreground at the default place, with the
+# Mounts the cache in the foreground at the default place, seeded, with the
 # built-in policy. Stop it with Ctrl-C (or `bin/iriskvfs unmount` elsewhere).
 run: build
 	@echo "mounting $(MOUNT) (store $(STORE)) in the foreground."
-	@echo "  in another shell:  ls $(MOUNT)   cat $(MOUNT)/.stats   echo hi > $(MOUNT)/task/hello"
+	@echo "  in another shell:  ls $(MOUNT)   cat $(MOUNT)/instructions/instruction_research   echo hi > $(MOUNT)/task/hello"
 	@echo "  stop:              Ctrl-C, or $(BIN) unmount $(MOUNT)"
-	$(BIN) --store $(STORE) mount $(MOUNT)
+	$(BIN) --store $(STORE) mount --seed $(MOUNT)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s -count 5 ./store | tee bench.out
