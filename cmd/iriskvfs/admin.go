@@ -33,7 +33,7 @@ func globalFlags() []cli.Flag {
 
 func commands() []*cli.Command {
 	jsonFlag := &cli.BoolFlag{Name: "json", Usage: "print JSON (stable field names, for scripts)"}
-	return append(append(mountCommands(), instructionCommands()...), []*cli.Command{
+	return append(append(append(mountCommands(), instructionCommands()...), serveCommand(), sandboxCommand()), []*cli.Command{
 		{
 			Name: "put", Usage: "store a value (from FILE, or stdin for - or no FILE)", ArgsUsage: "SCOPE KEY [FILE|-]",
 			Flags: []cli.Flag{

@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 
 	"github.com/iriskvfs/iriskvfs/index"
@@ -50,6 +51,11 @@ func apiError(err error) *Error {
 		if errors.Is(err, m.err) {
 			return &Error{Status: m.status, Code: m.code, Message: err.Error()}
 		}
+	}
+	// A backend behind a socket (the mount daemon) that does not answer.
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		return &Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: err.Error()}
 	}
 	return &Error{Status: http.StatusInternalServerError, Code: "internal", Message: err.Error()}
 }
