@@ -13,6 +13,7 @@ import (
 
 	"github.com/iriskvfs/iriskvfs/instructions"
 	"github.com/iriskvfs/iriskvfs/integration/api"
+	"github.com/iriskvfs/iriskvfs/integration/daytona"
 	"github.com/iriskvfs/iriskvfs/store"
 )
 
@@ -36,6 +37,7 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "addr", Usage: "listen on `HOST:PORT`", Value: defaultServeAddr},
 			&cli.StringFlag{Name: "token-file", Usage: "read the bearer token from `FILE` (mode 0600; default: $" + api.TokenEnv + ")"},
 			&cli.Int64Flag{Name: "max-body", Usage: "largest value a POST may carry, in `BYTES`", Value: api.DefaultMaxBody},
+			&cli.BoolFlag{Name: "daytona", Usage: "serve Daytona sandboxes: {id} is a sandbox id (credentials from DAYTONA_API_KEY or DAYTONA_JWT_TOKEN + DAYTONA_ORGANIZATION_ID, DAYTONA_API_URL)"},
 		},
 		Action: cmdServe,
 	}
@@ -74,6 +76,25 @@ func cmdServe(c *cli.Context) error {
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if c.Bool("daytona") {
+		cfg, err := daytona.ConfigFromEnv()
+		if err != nil {
+			return err
+		}
+		client, err := daytona.New(cfg)
+		if err != nil {
+			return err
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+		srv := api.NewServer(api.ServerConfig{Resolve: daytona.Resolver(client, daytona.Layout{}), Token: token, MaxBody: c.Int64("max-body"), Log: log})
+		ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		log.Info("serving", "addr", ln.Addr().String(), "backend", "daytona", "api_url", cfg.APIURL, "auth", token != "", "pid", os.Getpid())
+		return srv.Serve(ctx, ln, serveShutdownGrace)
+	}
 
 	// The backend, as withBackend picks it: the daemon's socket when one
 	// answers, else the store itself, held for as long as we serve.
