@@ -37,6 +37,11 @@ run: build
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s -count 5 ./store | tee bench.out
+	$(MAKE) --no-print-directory bench-fuse
+
+# The mount side by side with native tmpfs (root, /dev/fuse; docs/BENCHMARKS.md).
+bench-fuse:
+	$(GO) run ./cmd/iriskvfs-bench
 
 clean:
 	rm -rf bin bench.out
