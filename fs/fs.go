@@ -122,6 +122,7 @@ func (f *FS) storeChanged(scope, key string) {
 	if dir == nil {
 		return
 	}
+	dir.Operations().(*scopeDir).changed()
 	f.notes.post(func() {
 		if f.kernelShowsCurrent(dir, scope, key) {
 			return

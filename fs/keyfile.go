@@ -332,11 +332,12 @@ func (k *keyFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 	if v.Entry.Fingerprint != shown.Fingerprint {
 		// Another value than this inode shows (see openValue): bypass the
 		// inode's size and pages.
-		return &readHandle{v: v, node: k}, fuse.FOPEN_DIRECT_IO, 0
+		return &readHandle{v: v, node: k}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
 	}
 	// The value is verified and this inode never shows another: the
-	// kernel may keep its pages across opens.
-	return &readHandle{v: v, node: k}, fuse.FOPEN_KEEP_CACHE, 0
+	// kernel may keep its pages across opens. A reader has nothing to
+	// publish, so its close needs no FLUSH round trip.
+	return &readHandle{v: v, node: k}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 }
 
 // openValue opens, verified, the value this inode shows. If the key has
@@ -523,6 +524,11 @@ func (k *keyFile) xattrs() ([]string, map[string]string, syscall.Errno) {
 }
 
 func (k *keyFile) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if !strings.HasPrefix(attr, xattrPrefix) {
+		// ls -l asks for security.selinux and system.posix_acl_access of
+		// every file: answer without touching the store.
+		return 0, syscall.ENODATA
+	}
 	_, vals, errno := k.xattrs()
 	if errno != 0 {
 		return 0, errno

@@ -235,3 +235,48 @@ func TestStatsSizeFollowsContent(t *testing.T) {
 		}
 	}
 }
+
+// TestIndexJSONFollowsChanges: _index.json is cached between changes, so
+// every kind of change must show in it at once, with stat's size exact.
+func TestIndexJSONFollowsChanges(t *testing.T) {
+	tm := mountStore(t, mountOptions{})
+	idx := tm.path("task", "_index.json")
+	check := func(what string, want, notWant []string) {
+		t.Helper()
+		b, err := os.ReadFile(idx)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		fi, err := os.Stat(idx)
+		if err != nil || fi.Size() != int64(len(b)) {
+			t.Errorf("%s: stat size %d, cat %d bytes (%v)", what, fi.Size(), len(b), err)
+		}
+		for _, k := range want {
+			if !strings.Contains(string(b), `"`+k+`": {`) {
+				t.Errorf("%s: %s missing from _index.json", what, k)
+			}
+		}
+		for _, k := range notWant {
+			if strings.Contains(string(b), `"`+k+`": {`) {
+				t.Errorf("%s: %s still in _index.json", what, k)
+			}
+		}
+	}
+	check("empty", nil, []string{"a"})
+	if err := os.WriteFile(tm.path("task", "a"), []byte("1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	check("after create", []string{"a"}, nil)
+	if _, err := tm.store.Put("task", "b", strings.NewReader("22"), store.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	check("after a put through the store", []string{"a", "b"}, nil)
+	if err := os.Rename(tm.path("task", "a"), tm.path("task", "c")); err != nil {
+		t.Fatal(err)
+	}
+	check("after rename", []string{"b", "c"}, []string{"a"})
+	if err := os.Remove(tm.path("task", "b")); err != nil {
+		t.Fatal(err)
+	}
+	check("after rm", []string{"c"}, []string{"a", "b"})
+}

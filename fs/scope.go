@@ -5,7 +5,9 @@ import (
 	"errors"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -23,6 +25,14 @@ type scopeDir struct {
 	fs    *FS
 	scope string
 	index *gofs.Inode // the _index.json node
+
+	// The cached _index.json, valid while changes == indexGen and until
+	// indexUntil (the first expiry among its entries).
+	indexMu    sync.Mutex
+	indexDoc   []byte
+	indexGen   uint64
+	indexUntil time.Time
+	changes    atomic.Uint64
 
 	// retries notes, per name and caller, an open refused with ESTALE
 	// because it would have mixed readers and a writer on one inode: true
@@ -98,13 +108,36 @@ func (d *scopeDir) OnAdd(ctx context.Context) {
 	d.index = d.NewPersistentInode(ctx, v, gofs.StableAttr{Mode: syscall.S_IFREG})
 }
 
+// indexJSON returns the scope's _index.json. The document is kept until the
+// scope changes (the store's Watch) or its first entry expires: `ls -l`
+// stats it, and regenerating it (38 MB for 100k keys) for every stat cost
+// seconds and hundreds of megabytes.
 func (d *scopeDir) indexJSON() ([]byte, error) {
+	now := d.fs.store.Now()
+	d.indexMu.Lock()
+	defer d.indexMu.Unlock()
+	if d.indexDoc != nil && d.indexGen == d.changes.Load() && (d.indexUntil.IsZero() || now.Before(d.indexUntil)) {
+		return d.indexDoc, nil
+	}
+	gen := d.changes.Load()
 	entries, err := d.fs.store.List(d.scope)
 	if err != nil {
 		return nil, err
 	}
-	return index.SeedIndexJSON(entries, filepath.Join(d.fs.opts.MountPoint, d.scope), d.fs.store.Now()), nil
+	var until time.Time
+	for i := range entries {
+		if x := entries[i].ExpiresAt; !x.IsZero() && (until.IsZero() || x.Before(until)) {
+			until = x
+		}
+	}
+	d.indexDoc = index.SeedIndexJSON(entries, filepath.Join(d.fs.opts.MountPoint, d.scope), now)
+	d.indexGen, d.indexUntil = gen, until
+	return d.indexDoc, nil
 }
+
+// changed records a change of the scope's keys (the cached _index.json is
+// stale). It runs on the store's committing goroutine: it only counts.
+func (d *scopeDir) changed() { d.changes.Add(1) }
 
 func (d *scopeDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	d.fs.dirAttr(&out.Attr)
