@@ -10,7 +10,6 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
-	"github.com/iriskvfs/iriskvfs/index"
 	"github.com/iriskvfs/iriskvfs/store"
 )
 
@@ -249,53 +248,46 @@ func (h *writeHandle) publish(atClose bool) syscall.Errno {
 		h.base.Close()
 		h.base = nil
 	}
+	if err := h.lateAttrs(w, pending); err != nil {
+		w.Abort()
+		k.abandoned()
+		return k.fs.errno(err)
+	}
 	e, err := w.Commit()
 	if err != nil {
 		k.abandoned()
 		return k.fs.errno(err)
 	}
-	e = h.applyLateAttrs(e, pending)
 	k.published(e, atClose)
 	return 0
 }
 
-// applyLateAttrs gives the entry just published what was set on the file
-// while its value was staged: the mode and owner of a new file (its writer
-// was made at the first write, with the attributes of that moment), and a
-// time set with utimensat before close (cp -p, touch), which the commit's
-// "modified now" would otherwise replace.
-func (h *writeHandle) applyLateAttrs(e index.Entry, wasPending bool) index.Entry {
+// lateAttrs gives the value about to be published what was set on the file
+// while it was staged: the mode and owner of a new file (its writer was
+// made at the first write, with the attributes of that moment), and a time
+// set with utimensat before close (cp -p, touch), which the commit's
+// "modified now" would otherwise replace. They go in the same commit.
+func (h *writeHandle) lateAttrs(w *store.Writer, wasPending bool) error {
 	k := h.node
 	k.mu.Lock()
 	pa := k.pendingAttr
 	mtime, lateTime := k.mtime, k.mtimeSeq > h.mtimeSeq
 	h.mtimeSeq = k.mtimeSeq
 	k.mu.Unlock()
-	setMode := wasPending && pa.Mode != 0 && pa.Mode != e.Mode
-	setOwner := wasPending && (pa.UID != 0 || pa.GID != 0) && (pa.UID != e.UID || pa.GID != e.GID)
-	if !setMode && !setOwner && !lateTime {
-		return e
+	if !wasPending && !lateTime {
+		return nil
 	}
-	ne, err := k.fs.store.UpdateMeta(e.Scope, e.Key, func(x *index.Entry) error {
-		if x.Fingerprint != e.Fingerprint {
-			return nil // replaced meanwhile: not ours to change
+	return w.Update(func(o *store.PutOptions) {
+		if wasPending && pa.Mode != 0 {
+			o.Mode = pa.Mode
 		}
-		if setMode {
-			x.Mode = pa.Mode
-		}
-		if setOwner {
-			x.UID, x.GID = pa.UID, pa.GID
+		if wasPending && (pa.UID != 0 || pa.GID != 0) {
+			o.UID, o.GID = pa.UID, pa.GID
 		}
 		if lateTime {
-			x.ModTime = mtime
+			o.ModTime = mtime
 		}
-		return nil
 	})
-	if err != nil {
-		k.fs.log.Warn("cannot apply attributes set while the value was written", "scope", e.Scope, "key", e.Key, "err", err)
-		return e
-	}
-	return ne
 }
 
 // Flush runs on every close(2) of the file: its result is close's result,

@@ -29,6 +29,9 @@ type PutOptions struct {
 	Meta        map[string]string
 	Mode        uint32
 	UID, GID    uint32
+	// ModTime is the mtime to publish (zero: the commit's time); a time set
+	// on a file while it was being written (cp -p, touch) comes here.
+	ModTime time.Time
 	// Inherit keeps the replaced entry's content type, metadata, mode,
 	// owner and per-key TTL where the options leave them zero: a file
 	// rewritten through the mount keeps its attributes.
@@ -473,6 +476,9 @@ func (w *Writer) newEntry(now time.Time, fp index.Fingerprint, sniff []byte, old
 		CreatedAt: now, ModTime: now,
 		ContentType: o.ContentType, Meta: maps.Clone(o.Meta), Mode: o.Mode, UID: o.UID, GID: o.GID,
 		TTL: o.TTL,
+	}
+	if !o.ModTime.IsZero() {
+		e.ModTime = index.ClampTime(o.ModTime.UTC())
 	}
 	if o.ContentType != "" {
 		e.Flags |= index.FlagContentTypeSet
