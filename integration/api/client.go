@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/iriskvfs/iriskvfs/instructions"
 	"github.com/iriskvfs/iriskvfs/store"
@@ -26,10 +27,14 @@ type Client struct {
 func NewSocketClient(path string) *Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
+			d := net.Dialer{Timeout: 5 * time.Second}
 			return d.DialContext(ctx, "unix", path)
 		},
 		DisableCompression: true,
+		// A daemon that accepts but never answers (one the kernel could not
+		// finish killing) must not hang the CLI for ever. The longest honest
+		// wait is a large put's commit or an fsck of a big store.
+		ResponseHeaderTimeout: 10 * time.Minute,
 	}
 	return &Client{HTTP: &http.Client{Transport: tr}, Base: "http://admin" + Prefix + "local/kv-cache/"}
 }
