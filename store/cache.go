@@ -102,3 +102,59 @@ func (v *verifiedFiles) forget(fp index.Fingerprint) {
 	defer v.mu.Unlock()
 	v.lru.Remove(fp)
 }
+
+// hotTiers keeps the values of some scopes (the instruction sets) in a pool
+// of their own, so that a burst of other reads cannot evict them: the
+// contract's "instructions first".
+type hotTiers struct {
+	first       *hotCache // nil when no scope comes first
+	rest        *hotCache
+	firstScopes map[string]bool
+}
+
+func newHotTiers(opts Options) *hotTiers {
+	t := &hotTiers{rest: newHotCache(opts.HotBytes, opts.HotEntryMax), firstScopes: map[string]bool{}}
+	if len(opts.HotFirstScopes) > 0 {
+		t.first = newHotCache(opts.HotFirstBytes, opts.HotEntryMax)
+		for _, sc := range opts.HotFirstScopes {
+			t.firstScopes[sc] = true
+		}
+	}
+	return t
+}
+
+func (t *hotTiers) pool(scope string) *hotCache {
+	if t.first != nil && t.firstScopes[scope] {
+		return t.first
+	}
+	return t.rest
+}
+
+func (t *hotTiers) get(fp index.Fingerprint) ([]byte, bool) {
+	if t.first != nil {
+		if b, ok := t.first.get(fp); ok {
+			return b, true
+		}
+	}
+	return t.rest.get(fp)
+}
+
+func (t *hotTiers) fits(scope string, size int64) bool { return t.pool(scope).fits(size) }
+
+func (t *hotTiers) add(scope string, fp index.Fingerprint, v []byte) { t.pool(scope).add(fp, v) }
+
+func (t *hotTiers) remove(fp index.Fingerprint) {
+	if t.first != nil {
+		t.first.remove(fp)
+	}
+	t.rest.remove(fp)
+}
+
+func (t *hotTiers) size() (int, int64) {
+	n, b := t.rest.size()
+	if t.first != nil {
+		n2, b2 := t.first.size()
+		n, b = n+n2, b+b2
+	}
+	return n, b
+}

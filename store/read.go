@@ -216,7 +216,7 @@ func (s *Store) openEntry(e *index.Entry) (*Value, error) {
 		f.Close()
 		return nil, s.integrityFailure(e, fmt.Sprintf("blob has %d bytes, entry says %d", id.size, e.Size))
 	}
-	if s.hot.fits(e.Size) {
+	if s.hot.fits(e.Scope, e.Size) {
 		// Small: read it once, hash what was read, keep the verified copy.
 		buf := make([]byte, e.Size)
 		_, err := io.ReadFull(f, buf)
@@ -227,7 +227,7 @@ func (s *Store) openEntry(e *index.Entry) (*Value, error) {
 		if sha256.Sum256(buf) != e.Fingerprint {
 			return nil, s.integrityFailure(e, "content does not match fingerprint")
 		}
-		s.hot.add(e.Fingerprint, buf)
+		s.hot.add(e.Scope, e.Fingerprint, buf)
 		return &Value{Entry: *e, data: buf}, nil
 	}
 	if !s.verified.ok(e.Fingerprint, id) {

@@ -39,6 +39,10 @@ type Options struct {
 	HotBytes int64
 	// HotEntryMax is the largest value kept in the LRU (default 1 MiB).
 	HotEntryMax int64
+	// HotFirstScopes have an LRU pool of their own (HotFirstBytes, default
+	// 8 MiB) that other scopes' reads cannot evict: the instructions.
+	HotFirstScopes []string
+	HotFirstBytes  int64
 	// Logger receives integrity failures and repairs (default: discard).
 	Logger *slog.Logger
 	// TrackReads lists scopes whose reads are counted per key (Stats.Reads):
@@ -55,7 +59,7 @@ type Store struct {
 	db     *index.DB
 	lock   *os.File
 
-	hot      *hotCache
+	hot      *hotTiers
 	verified *verifiedFiles
 
 	// blobMu guards inflight: the blobs that a writer has named (or is about
@@ -94,14 +98,15 @@ type Counters struct {
 }
 
 const (
-	lockName       = "lock"
-	indexName      = "index.db"
-	blobsDir       = "blobs"
-	tmpDir         = "tmp"
-	quarantineDir  = "quarantine"
-	tmpSuffix      = ".tmp"
-	defaultHot     = 32 << 20
-	defaultHotItem = 1 << 20
+	lockName        = "lock"
+	indexName       = "index.db"
+	blobsDir        = "blobs"
+	tmpDir          = "tmp"
+	quarantineDir   = "quarantine"
+	tmpSuffix       = ".tmp"
+	defaultHot      = 32 << 20
+	defaultHotItem  = 1 << 20
+	defaultHotFirst = 8 << 20
 )
 
 // Open opens (creating if needed) the store in dir. It takes the store's
@@ -120,6 +125,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	if opts.HotEntryMax == 0 {
 		opts.HotEntryMax = defaultHotItem
+	}
+	if opts.HotFirstBytes == 0 {
+		opts.HotFirstBytes = defaultHotFirst
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -141,7 +149,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		now:       opts.Now,
 		log:       opts.Logger,
 		lock:      lock,
-		hot:       newHotCache(opts.HotBytes, opts.HotEntryMax),
+		hot:       newHotTiers(opts),
 		verified:  newVerifiedFiles(),
 		inflight:  map[index.Fingerprint]int{},
 		liveTmp:   map[string]struct{}{},
