@@ -6,6 +6,7 @@
 package fs
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"sync"
@@ -260,6 +261,23 @@ func (n *notifier) close() {
 // attributes) so the next access looks it up again.
 func (f *FS) invalidateName(parent *gofs.Inode, name string) {
 	f.notes.post(func() { _ = parent.NotifyEntry(name) })
+}
+
+// fixedEntry answers a lookup of one of the fixed nodes (a scope, .stats,
+// _index.json) with the attributes and attribute timeout its own Getattr
+// gives: go-fuse's default lookup would keep the attributes but cache them
+// for the mount's timeout, so a virtual file's size would go stale.
+func (f *FS) fixedEntry(ctx context.Context, ch *gofs.Inode, out *fuse.EntryOut) syscall.Errno {
+	var a fuse.AttrOut
+	if ga, ok := ch.Operations().(gofs.NodeGetattrer); ok {
+		if errno := ga.Getattr(ctx, nil, &a); errno != 0 {
+			return errno
+		}
+	}
+	out.Attr = a.Attr
+	out.SetEntryTimeout(f.opts.CacheTimeout)
+	out.SetAttrTimeout(a.Timeout())
+	return 0
 }
 
 // dirAttr fills the attributes of a directory.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/iriskvfs/iriskvfs/store"
 )
@@ -279,4 +280,20 @@ func TestIndexJSONFollowsChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("after rm", []string{"c"}, []string{"a", "b"})
+}
+
+// TestDirectoryTimes: the root and the scopes carry the mount's time, not
+// the epoch (find -newer, ls -l and backup tools read them).
+func TestDirectoryTimes(t *testing.T) {
+	before := time.Now().Add(-time.Second)
+	tm := mountStore(t, mountOptions{})
+	for _, p := range []string{tm.dir, tm.path("task"), tm.path("instructions")} {
+		var st syscall.Stat_t
+		if err := syscall.Stat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		if mt := time.Unix(st.Mtim.Unix()); mt.Before(before) || mt.After(time.Now().Add(time.Second)) {
+			t.Errorf("%s: mtime %v, want the mount's time (after %v)", p, mt, before)
+		}
+	}
 }

@@ -64,24 +64,15 @@ func (r *Root) statsJSON() ([]byte, error) {
 	return append(b, '\n'), err
 }
 
-// Lookup answers for the fixed children. go-fuse's own lookup (used when a
-// node has no Lookup) copies the child's attributes but not the attr
-// timeout its Getattr set, so .stats would be cached for the mount's default
-// timeout and stat would report a stale size.
+// Lookup answers for the fixed children (see FS.fixedEntry).
 func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	ch := r.GetChild(name)
 	if ch == nil {
 		return nil, syscall.ENOENT
 	}
-	var a fuse.AttrOut
-	if ga, ok := ch.Operations().(gofs.NodeGetattrer); ok {
-		if errno := ga.Getattr(ctx, nil, &a); errno != 0 {
-			return nil, errno
-		}
+	if errno := r.fs.fixedEntry(ctx, ch, out); errno != 0 {
+		return nil, errno
 	}
-	out.Attr = a.Attr
-	out.SetEntryTimeout(r.fs.opts.CacheTimeout)
-	out.SetAttrTimeout(a.Timeout())
 	return ch, 0
 }
 

@@ -163,13 +163,9 @@ func (d *scopeDir) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errn
 
 func (d *scopeDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	if name == indexName {
-		var a fuse.AttrOut
-		if errno := d.index.Operations().(*virtualFile).Getattr(ctx, nil, &a); errno != 0 {
+		if errno := d.fs.fixedEntry(ctx, d.index, out); errno != 0 {
 			return nil, errno
 		}
-		out.Attr = a.Attr
-		out.SetEntryTimeout(d.fs.opts.CacheTimeout)
-		out.SetAttrTimeout(noCache)
 		return d.index, 0
 	}
 	if store.ValidateKey(name) != nil {

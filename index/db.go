@@ -420,16 +420,6 @@ func (t *Tx) Expired(now time.Time, fn func(scope, key string) error) error {
 	return nil
 }
 
-// ExpiredCount counts, per scope, the entries dead at now.
-func (t *Tx) ExpiredCount(now time.Time) map[string]int64 {
-	out := map[string]int64{}
-	t.Expired(now, func(scope, _ string) error {
-		out[scope]++
-		return nil
-	})
-	return out
-}
-
 // ClearExpiry empties the expiry index (fsck rebuilds it from the entries).
 func (t *Tx) ClearExpiry() error {
 	if err := t.tx.DeleteBucket(bucketExpiry); err != nil {

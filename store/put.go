@@ -318,9 +318,6 @@ func (w *Writer) Update(fn func(o *PutOptions)) error {
 	return nil
 }
 
-// Options are the options the value will be published with.
-func (w *Writer) Options() PutOptions { return w.opts }
-
 // Size is the staged value's size.
 func (w *Writer) Size() int64 { return w.size }
 

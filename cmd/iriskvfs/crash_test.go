@@ -144,7 +144,9 @@ type crashOp struct {
 	key, value string
 }
 
-func crashIterations(t *testing.T) int {
+// crashIterations is how many kills a crash test makes: $IRISKVFS_CRASH_ITERATIONS
+// (make stress), else normal, or short with -short.
+func crashIterations(t *testing.T, normal, short int) int {
 	if v := os.Getenv(crashItersEnv); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
@@ -153,9 +155,9 @@ func crashIterations(t *testing.T) int {
 		return n
 	}
 	if testing.Short() {
-		return 10
+		return short
 	}
-	return 40
+	return normal
 }
 
 // TestCrashKill kills a writing process with SIGKILL at random moments, many
@@ -164,7 +166,7 @@ func crashIterations(t *testing.T) int {
 // when it died holds its old value or its new one), deleted keys stay
 // deleted, no unknown key appears, and fsck is clean.
 func TestCrashKill(t *testing.T) {
-	iters := crashIterations(t)
+	iters := crashIterations(t, 40, 10)
 	seed := uint64(time.Now().UnixNano())
 	if v := os.Getenv(crashSeedEnv); v != "" {
 		seed, _ = strconv.ParseUint(v, 10, 64)

@@ -136,20 +136,6 @@ func TestMountCrashWriter(t *testing.T) {
 	wg.Wait()
 }
 
-func mountCrashIterations(t *testing.T) int {
-	if v := os.Getenv(crashItersEnv); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			t.Fatalf("%s=%q: want a positive number", crashItersEnv, v)
-		}
-		return n
-	}
-	if testing.Short() {
-		return 5
-	}
-	return 15
-}
-
 // TestMountCrashKill: SIGKILL the daemon in the middle of writes through
 // the mount, many times. Each time `mount --daemon` on the same mount point
 // must clear the dead mount by itself and succeed; every value whose
@@ -164,7 +150,7 @@ func mountCrashIterations(t *testing.T) int {
 // remount must get out of that too (it aborts the connection).
 func TestMountCrashKill(t *testing.T) {
 	requireFUSE(t)
-	iters := mountCrashIterations(t)
+	iters := crashIterations(t, 15, 5)
 	seed := uint64(time.Now().UnixNano())
 	if v := os.Getenv(crashSeedEnv); v != "" {
 		seed, _ = strconv.ParseUint(v, 10, 64)

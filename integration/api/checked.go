@@ -16,15 +16,18 @@ import (
 // exists is still the backend's to say.
 type checked struct{ Backend }
 
-func checkScope(op, scope string) error {
+// CheckScope refuses a scope that is not a well-formed scope name.
+func CheckScope(op, scope string) error {
 	if !quota.ValidScopeName(scope) {
 		return &store.OpError{Op: op, Scope: scope, Err: fmt.Errorf("%w %q", store.ErrBadScope, scope)}
 	}
 	return nil
 }
 
-func checkAddress(op, scope, key string) error {
-	if err := checkScope(op, scope); err != nil {
+// CheckAddress refuses a malformed scope or key ("..", "a/b", NUL, reserved
+// names): what any backend must check before a name becomes a path.
+func CheckAddress(op, scope, key string) error {
+	if err := CheckScope(op, scope); err != nil {
 		return err
 	}
 	if err := store.ValidateKey(key); err != nil {
@@ -34,14 +37,14 @@ func checkAddress(op, scope, key string) error {
 }
 
 func (c checked) Put(ctx context.Context, scope, key string, body io.Reader, o PutOptions) (Entry, error) {
-	if err := checkAddress("put", scope, key); err != nil {
+	if err := CheckAddress("put", scope, key); err != nil {
 		return Entry{}, err
 	}
 	return c.Backend.Put(ctx, scope, key, body, o)
 }
 
 func (c checked) Get(ctx context.Context, scope, key string) (Entry, io.ReadCloser, error) {
-	if err := checkAddress("open", scope, key); err != nil {
+	if err := CheckAddress("open", scope, key); err != nil {
 		return Entry{}, nil, err
 	}
 	return c.Backend.Get(ctx, scope, key)
@@ -49,7 +52,7 @@ func (c checked) Get(ctx context.Context, scope, key string) (Entry, io.ReadClos
 
 func (c checked) List(ctx context.Context, scope string) ([]Entry, error) {
 	if scope != "" {
-		if err := checkScope("list", scope); err != nil {
+		if err := CheckScope("list", scope); err != nil {
 			return nil, err
 		}
 	}
@@ -57,14 +60,14 @@ func (c checked) List(ctx context.Context, scope string) ([]Entry, error) {
 }
 
 func (c checked) Delete(ctx context.Context, scope, key string) error {
-	if err := checkAddress("delete", scope, key); err != nil {
+	if err := CheckAddress("delete", scope, key); err != nil {
 		return err
 	}
 	return c.Backend.Delete(ctx, scope, key)
 }
 
 func (c checked) Clear(ctx context.Context, scope string) (int, error) {
-	if err := checkScope("clear", scope); err != nil {
+	if err := CheckScope("clear", scope); err != nil {
 		return 0, err
 	}
 	return c.Backend.Clear(ctx, scope)

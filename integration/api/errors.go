@@ -41,8 +41,8 @@ var statusTable = []struct {
 	{store.ErrClosed, http.StatusServiceUnavailable, "closed"},
 }
 
-// apiError classifies err.
-func apiError(err error) *Error {
+// ErrorOf classifies err as the API reports it (status, code, message).
+func ErrorOf(err error) *Error {
 	var ae *Error
 	if errors.As(err, &ae) {
 		return ae

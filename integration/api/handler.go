@@ -58,7 +58,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	b, err := h.Resolve(r.Context(), id)
 	if err != nil {
-		writeError(w, apiError(err))
+		writeError(w, ErrorOf(err))
 		return
 	}
 	q := r.URL.Query()
@@ -100,7 +100,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) respond(w http.ResponseWriter, status int) func(v any, err error) {
 	return func(v any, err error) {
 		if err != nil {
-			e := apiError(err)
+			e := ErrorOf(err)
 			if e.Status >= 500 {
 				h.log().Error("request failed", "code", e.Code, "err", err)
 			}

@@ -21,7 +21,6 @@ import (
 
 	"github.com/iriskvfs/iriskvfs/instructions"
 	"github.com/iriskvfs/iriskvfs/integration/api"
-	"github.com/iriskvfs/iriskvfs/quota"
 	"github.com/iriskvfs/iriskvfs/store"
 )
 
@@ -234,19 +233,17 @@ func jsonOf(out string, v any) error {
 }
 
 func checkScope(scope string) error {
-	if !quota.ValidScopeName(scope) {
-		return &api.Error{Status: http.StatusBadRequest, Code: "bad_scope", Message: fmt.Sprintf("%s: %q", store.ErrBadScope, scope)}
+	if err := api.CheckScope("", scope); err != nil {
+		return api.ErrorOf(err)
 	}
 	return nil
 }
 
+// checkKey refuses what could not be a key before it becomes a path in the
+// sandbox (the API server checks too; this backend may be used without it).
 func checkKey(scope, key string) error {
-	if err := checkScope(scope); err != nil {
-		return err
-	}
-	if err := store.ValidateKey(key); err != nil {
-		code := "bad_key"
-		return &api.Error{Status: http.StatusBadRequest, Code: code, Message: err.Error()}
+	if err := api.CheckAddress("", scope, key); err != nil {
+		return api.ErrorOf(err)
 	}
 	return nil
 }
