@@ -10,6 +10,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -52,6 +53,10 @@ type FS struct {
 	scopes  map[string]*gofs.Inode // set in Root.OnAdd, read-only after
 	mounted time.Time
 	unwatch func()
+
+	// direntsServed counts names handed to the kernel in directory
+	// listings: a listing the kernel serves from its cache adds none.
+	direntsServed atomic.Int64
 }
 
 // NewRoot returns the root node of a filesystem over s.
@@ -82,12 +87,11 @@ func MountOptions(storeDir string, opts Options, allowOther, directMount bool) *
 		GID:             opts.GID,
 	}
 	o.MountOptions = fuse.MountOptions{
-		Name:               "iriskvfs",
-		FsName:             storeDir,
-		AllowOther:         allowOther,
-		DirectMount:        directMount,
-		MaxWrite:           1 << 20,
-		DisableReadDirPlus: true, // one LOOKUP per name beats READDIRPLUS for large scopes
+		Name:        "iriskvfs",
+		FsName:      storeDir,
+		AllowOther:  allowOther,
+		DirectMount: directMount,
+		MaxWrite:    1 << 20,
 		// Our xattrs are metadata, not security labels: don't let the
 		// kernel ask for security.* on every write.
 		IgnoreSecurityLabels: true,
@@ -123,8 +127,10 @@ func (f *FS) storeChanged(scope, key string) {
 	if dir == nil {
 		return
 	}
-	dir.Operations().(*scopeDir).changed()
+	sd := dir.Operations().(*scopeDir)
+	sd.changed()
 	f.notes.post(func() {
+		sd.invalidateListing()
 		if f.kernelShowsCurrent(dir, scope, key) {
 			return
 		}

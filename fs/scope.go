@@ -26,13 +26,24 @@ type scopeDir struct {
 	scope string
 	index *gofs.Inode // the _index.json node
 
-	// The cached _index.json, valid while changes == indexGen and until
+	// The size of _index.json, valid while changes == indexGen and until
 	// indexUntil (the first expiry among its entries).
 	indexMu    sync.Mutex
-	indexDoc   []byte
+	indexSized bool
+	indexBytes int64
 	indexGen   uint64
 	indexUntil time.Time
 	changes    atomic.Uint64
+
+	// listingStale says the kernel's cached listing may be out of date.
+	listingStale atomic.Bool
+	// What the last listing of the scope found, for deciding whether the
+	// kernel may cache the next one (see cacheListing).
+	listMu     sync.Mutex
+	listGen    uint64    // changes when listed
+	listKnown  bool      // a listing was taken at listGen
+	listExpiry time.Time // its first expiry; zero: none expires
+	listTimer  *time.Timer
 
 	// retries notes, per name and caller, an open refused with ESTALE
 	// because it would have mixed readers and a writer on one inode: true
@@ -88,56 +99,98 @@ func (d *scopeDir) retryKind(ctx context.Context, name string) (pid uint32, retr
 }
 
 var (
-	_ gofs.NodeOnAdder   = (*scopeDir)(nil)
-	_ gofs.NodeLookuper  = (*scopeDir)(nil)
-	_ gofs.NodeReaddirer = (*scopeDir)(nil)
-	_ gofs.NodeGetattrer = (*scopeDir)(nil)
-	_ gofs.NodeStatfser  = (*scopeDir)(nil)
-	_ gofs.NodeCreater   = (*scopeDir)(nil)
-	_ gofs.NodeUnlinker  = (*scopeDir)(nil)
-	_ gofs.NodeRenamer   = (*scopeDir)(nil)
-	_ gofs.NodeMkdirer   = (*scopeDir)(nil)
-	_ gofs.NodeRmdirer   = (*scopeDir)(nil)
-	_ gofs.NodeSymlinker = (*scopeDir)(nil)
-	_ gofs.NodeLinker    = (*scopeDir)(nil)
-	_ gofs.NodeMknoder   = (*scopeDir)(nil)
+	_ gofs.NodeOnAdder        = (*scopeDir)(nil)
+	_ gofs.NodeLookuper       = (*scopeDir)(nil)
+	_ gofs.NodeOpendirHandler = (*scopeDir)(nil)
+	_ gofs.NodeGetattrer      = (*scopeDir)(nil)
+	_ gofs.NodeStatfser       = (*scopeDir)(nil)
+	_ gofs.NodeCreater        = (*scopeDir)(nil)
+	_ gofs.NodeUnlinker       = (*scopeDir)(nil)
+	_ gofs.NodeRenamer        = (*scopeDir)(nil)
+	_ gofs.NodeMkdirer        = (*scopeDir)(nil)
+	_ gofs.NodeRmdirer        = (*scopeDir)(nil)
+	_ gofs.NodeSymlinker      = (*scopeDir)(nil)
+	_ gofs.NodeLinker         = (*scopeDir)(nil)
+	_ gofs.NodeMknoder        = (*scopeDir)(nil)
 )
 
 func (d *scopeDir) OnAdd(ctx context.Context) {
-	v := &virtualFile{fs: d.fs, generate: d.indexJSON}
+	v := &virtualFile{fs: d.fs, generate: d.indexJSON, size: d.indexSize}
 	d.index = d.NewPersistentInode(ctx, v, gofs.StableAttr{Mode: syscall.S_IFREG})
 }
 
-// indexJSON returns the scope's _index.json. The document is kept until the
-// scope changes (the store's Watch) or its first entry expires: `ls -l`
-// stats it, and regenerating it (38 MB for 100k keys) for every stat cost
-// seconds and hundreds of megabytes.
+// indexJSON generates the scope's _index.json for an open.
 func (d *scopeDir) indexJSON() ([]byte, error) {
-	now := d.fs.store.Now()
-	d.indexMu.Lock()
-	defer d.indexMu.Unlock()
-	if d.indexDoc != nil && d.indexGen == d.changes.Load() && (d.indexUntil.IsZero() || now.Before(d.indexUntil)) {
-		return d.indexDoc, nil
-	}
-	gen := d.changes.Load()
 	entries, err := d.fs.store.List(d.scope)
 	if err != nil {
 		return nil, err
 	}
-	var until time.Time
-	for i := range entries {
-		if x := entries[i].ExpiresAt; !x.IsZero() && (until.IsZero() || x.Before(until)) {
-			until = x
-		}
-	}
-	d.indexDoc = index.SeedIndexJSON(entries, filepath.Join(d.fs.opts.MountPoint, d.scope), now)
-	d.indexGen, d.indexUntil = gen, until
-	return d.indexDoc, nil
+	return index.SeedIndexJSON(entries, d.indexDir(), d.fs.store.Now()), nil
 }
 
-// changed records a change of the scope's keys (the cached _index.json is
-// stale). It runs on the store's committing goroutine: it only counts.
-func (d *scopeDir) changed() { d.changes.Add(1) }
+func (d *scopeDir) indexDir() string { return filepath.Join(d.fs.opts.MountPoint, d.scope) }
+
+// indexSize is the size of the scope's _index.json. It is kept until the
+// scope changes (the store's Watch) or its first entry expires: `ls -l`
+// stats the file, and sizing it costs a listing of the scope.
+func (d *scopeDir) indexSize() (int64, error) {
+	now := d.fs.store.Now()
+	d.indexMu.Lock()
+	defer d.indexMu.Unlock()
+	if d.indexSized && d.indexGen == d.changes.Load() && (d.indexUntil.IsZero() || now.Before(d.indexUntil)) {
+		return d.indexBytes, nil
+	}
+	gen := d.changes.Load()
+	entries, err := d.fs.store.List(d.scope)
+	if err != nil {
+		return 0, err
+	}
+	d.indexBytes = index.SeedIndexJSONSize(entries, d.indexDir(), now)
+	d.indexSized, d.indexGen, d.indexUntil = true, gen, firstExpiry(entries)
+	return d.indexBytes, nil
+}
+
+// firstExpiry is the earliest expiry among entries (zero: none expires).
+func firstExpiry(entries []index.Entry) time.Time {
+	var first time.Time
+	for i := range entries {
+		if x := entries[i].ExpiresAt; !x.IsZero() && (first.IsZero() || x.Before(first)) {
+			first = x
+		}
+	}
+	return first
+}
+
+// changed records a change of the scope's keys (the cached _index.json and
+// the kernel's cached listing are stale). It runs on the store's committing
+// goroutine: it only counts and flags; the notifier tells the kernel.
+func (d *scopeDir) changed() {
+	d.changes.Add(1)
+	d.listingStale.Store(true)
+}
+
+// invalidateListing makes the kernel drop its cached listing of the scope
+// (FOPEN_CACHE_DIR) and the directory's attributes, once for any number of
+// changes since the last time. Runs on the notifier.
+func (d *scopeDir) invalidateListing() {
+	if d.listingStale.Swap(false) {
+		_ = d.NotifyContent(0, 0)
+	}
+}
+
+// relistLater is for a listing served after the scope changed: the kernel
+// may cache it after it processed the change's invalidation, so it is
+// invalidated once more when the answer has surely arrived.
+func (d *scopeDir) relistLater() {
+	time.AfterFunc(listingRaceDelay, func() {
+		d.listingStale.Store(true)
+		d.fs.notes.post(d.invalidateListing)
+	})
+}
+
+// listingRaceDelay is how long after a stale READDIR answer its second
+// invalidation goes: far longer than the kernel takes to take in an answer.
+const listingRaceDelay = 20 * time.Millisecond
 
 func (d *scopeDir) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	d.fs.dirAttr(&out.Attr)
@@ -178,9 +231,15 @@ func (d *scopeDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	if err != nil {
 		return nil, d.fs.errno(err)
 	}
-	child := d.versionInode(ctx, name, &e)
+	return d.entryInode(ctx, name, &e, out), 0
+}
+
+// entryInode returns the inode showing entry e of key name and fills out
+// with its attributes and how long the kernel may keep them.
+func (d *scopeDir) entryInode(ctx context.Context, name string, e *index.Entry, out *fuse.EntryOut) *gofs.Inode {
+	child := d.versionInode(ctx, name, e)
 	kf := child.Operations().(*keyFile)
-	kf.fillEntry(out, &e)
+	kf.fillEntry(out, e)
 	if kf.writing() {
 		// A writer's inode: the kernel changes its size on its own as the
 		// writer goes, so nobody else may take its name or size from the
@@ -188,7 +247,7 @@ func (d *scopeDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		out.SetEntryTimeout(noCache)
 		out.SetAttrTimeout(noCache)
 	}
-	return child, 0
+	return child
 }
 
 // versionInode returns the inode showing value e of key name: the current
@@ -209,17 +268,68 @@ func (d *scopeDir) versionInode(ctx context.Context, name string, e *index.Entry
 	return d.NewInode(ctx, kf, gofs.StableAttr{Mode: syscall.S_IFREG})
 }
 
-func (d *scopeDir) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
-	entries, err := d.fs.store.List(d.scope)
-	if err != nil {
-		return nil, d.fs.errno(err)
+// OpendirHandle lets the kernel keep a scope's listing (FOPEN_CACHE_DIR)
+// until the scope changes or an entry in it is about to expire: a second
+// `ls` of 100,000 keys then costs no request at all. Every change drops
+// the kernel's copy (invalidateListing), and so does the approach of the
+// listing's first expiry (noteListing), so no cached listing outlives an
+// entry in it.
+func (d *scopeDir) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	h := &dirHandle{dir: d}
+	if d.cacheListing() {
+		return h, fuse.FOPEN_CACHE_DIR, 0
 	}
-	list := make([]fuse.DirEntry, 0, len(entries)+1)
-	list = append(list, fuse.DirEntry{Name: indexName, Mode: syscall.S_IFREG})
-	for i := range entries {
-		list = append(list, fuse.DirEntry{Name: entries[i].Key, Mode: syscall.S_IFREG})
+	// Not known whether this listing may be cached: list now, and decide.
+	if errno := h.list(); errno != 0 {
+		return nil, 0, errno
 	}
-	return gofs.NewListDirStream(list), 0
+	if d.cacheListing() {
+		return h, fuse.FOPEN_CACHE_DIR, 0
+	}
+	return h, 0, 0
+}
+
+// listingExpiryMargin is how long before a listed entry expires its
+// listing stops being cached: the invalidation is sent then, and must reach
+// the kernel before the instant.
+const listingExpiryMargin = time.Second
+
+// cacheListing reports whether the kernel may cache the scope's listing:
+// the last listing is current and nothing in it expires soon.
+func (d *scopeDir) cacheListing() bool {
+	d.listMu.Lock()
+	defer d.listMu.Unlock()
+	return d.fs.opts.CacheTimeout > listingExpiryMargin &&
+		d.listKnown && d.listGen == d.changes.Load() &&
+		(d.listExpiry.IsZero() || d.listExpiry.Sub(d.fs.store.Now()) > listingExpiryMargin)
+}
+
+// noteListing records a listing taken at gen whose first expiry is
+// expiry, and arms the invalidation of the kernel's copy ahead of it (or
+// at the mount's cache timeout, the longest the kernel keeps anything).
+func (d *scopeDir) noteListing(gen uint64, expiry time.Time) {
+	d.listMu.Lock()
+	defer d.listMu.Unlock()
+	if d.listKnown && gen < d.listGen {
+		return // an older listing finishing late
+	}
+	d.listGen, d.listKnown, d.listExpiry = gen, true, expiry
+	if d.listTimer != nil {
+		d.listTimer.Stop()
+		d.listTimer = nil
+	}
+	// The kernel keeps a cached listing until told otherwise: tell it at
+	// the mount's cache timeout, or before the first entry expires.
+	wait := d.fs.opts.CacheTimeout
+	if !expiry.IsZero() {
+		wait = min(wait, expiry.Sub(d.fs.store.Now())-listingExpiryMargin)
+	}
+	if wait > 0 {
+		d.listTimer = time.AfterFunc(wait, func() {
+			d.listingStale.Store(true)
+			d.fs.notes.post(d.invalidateListing)
+		})
+	}
 }
 
 // Create starts a new value. Nothing is published until the file is closed.

@@ -16,6 +16,9 @@ type virtualFile struct {
 	gofs.Inode
 	fs       *FS
 	generate func() ([]byte, error)
+	// size, when set, gives the size of what generate would return
+	// without generating it.
+	size func() (int64, error)
 }
 
 var (
@@ -26,15 +29,21 @@ var (
 )
 
 func (v *virtualFile) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	size := 0
+	var size int64
 	if h, ok := f.(*snapshotHandle); ok {
-		size = len(h.data)
+		size = int64(len(h.data))
+	} else if v.size != nil {
+		n, err := v.size()
+		if err != nil {
+			return v.fs.errno(err)
+		}
+		size = n
 	} else {
 		data, err := v.generate()
 		if err != nil {
 			return v.fs.errno(err)
 		}
-		size = len(data)
+		size = int64(len(data))
 	}
 	now := time.Now()
 	out.Mode = syscall.S_IFREG | 0o444

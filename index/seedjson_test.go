@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -110,5 +112,71 @@ func TestSeedIndexJSONEmptyAndLocalTimes(t *testing.T) {
 	out = index.SeedIndexJSON([]index.Entry{e}, "/d", time.Now())
 	if !bytes.Contains(out, []byte(`"<a&b>"`)) {
 		t.Fatalf("HTML-escaped output:\n%s", out)
+	}
+}
+
+// referenceSeedIndexJSON is the format's definition: encoding/json's
+// indenting encoder over a map. SeedIndexJSON must write the same bytes.
+func referenceSeedIndexJSON(entries []index.Entry, dir string, now time.Time) []byte {
+	m := make(map[string]index.SeedRecord, len(entries))
+	for i := range entries {
+		if !entries[i].ExpiredAt(now) {
+			m[entries[i].Key] = index.SeedRecordOf(&entries[i], dir)
+		}
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(m)
+	return buf.Bytes()
+}
+
+func TestSeedIndexJSONMatchesEncodingJSON(t *testing.T) {
+	now := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
+	rng := rand.New(rand.NewPCG(1, 2))
+	odd := []string{"plain", "quote\"d", `back\slash`, "tab\there", "nl\n", "\x00\x1f\b\f", "<html>&", "ünïcödé", "bad\xffutf8", "\u2028\u2029", ""}
+	pick := func() string { return odd[rng.IntN(len(odd))] }
+	ttls := []time.Duration{0, time.Nanosecond, time.Millisecond, 90 * time.Minute, 1e6 * time.Hour, 3 * time.Second}
+	for round := 0; round < 200; round++ {
+		n := rng.IntN(8)
+		entries := make([]index.Entry, 0, n)
+		for i := 0; i < n; i++ {
+			var exp time.Time
+			if rng.IntN(3) == 0 {
+				exp = now.Add(time.Duration(rng.IntN(5)-2) * time.Hour)
+			}
+			e := entry("task", fmt.Sprintf("k%d%s", i, pick()), pick(), exp) // a scope's keys are unique
+			e.ContentType = pick()
+			e.TTL = ttls[rng.IntN(len(ttls))]
+			e.CreatedAt = now.Add(-time.Duration(rng.Int64N(1e15)))
+			if rng.IntN(2) == 0 {
+				e.Meta = map[string]string{}
+				for j := rng.IntN(4); j > 0; j-- {
+					e.Meta[pick()+fmt.Sprint(j)] = pick()
+				}
+			}
+			entries = append(entries, e)
+		}
+		dir := "/mnt/" + pick()
+		got, want := index.SeedIndexJSON(entries, dir, now), referenceSeedIndexJSON(entries, dir, now)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("round %d: output differs from encoding/json\n got: %s\nwant: %s", round, got, want)
+		}
+		if size := index.SeedIndexJSONSize(entries, dir, now); size != int64(len(want)) {
+			t.Fatalf("round %d: SeedIndexJSONSize %d, document is %d bytes", round, size, len(want))
+		}
+	}
+}
+
+func BenchmarkSeedIndexJSON100k(b *testing.B) {
+	now := time.Now()
+	entries := make([]index.Entry, 100_000)
+	for i := range entries {
+		entries[i] = entry("task", fmt.Sprintf("key-%06d", i), "v", time.Time{})
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		index.SeedIndexJSON(entries, "/workspace/.iris/kv-cache/task", now)
 	}
 }
