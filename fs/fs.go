@@ -95,6 +95,7 @@ func MountOptions(storeDir string, opts Options, allowOther, directMount bool) *
 		// Our xattrs are metadata, not security labels: don't let the
 		// kernel ask for security.* on every write.
 		IgnoreSecurityLabels: true,
+		EnableAcl:            true,
 		// open(O_TRUNC) arrives as an OPEN carrying O_TRUNC, staged in the
 		// write handle like any write. Without it the kernel sends a
 		// SETATTR(size 0) with no file handle, which is truncate(2) on a
