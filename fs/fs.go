@@ -52,6 +52,7 @@ type FS struct {
 	scopes  map[string]*gofs.Inode // set in Root.OnAdd, read-only after
 	mounted time.Time
 	unwatch func()
+	pins    pinnedValues // values kept for no-open reads
 }
 
 // NewRoot returns the root node of a filesystem over s.
@@ -113,6 +114,7 @@ func (r *Root) Close() {
 		r.fs.unwatch()
 	}
 	r.fs.notes.close()
+	r.fs.pins.closeAll()
 }
 
 // storeChanged makes the kernel forget a key that changed in the store, by
