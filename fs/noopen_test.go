@@ -202,9 +202,19 @@ func TestReadOnlyNoOpen(t *testing.T) {
 			t.Errorf("stat %s: %v, %v", p, fi, err)
 		}
 	}
-	// pread at offsets, and mmap, of the large one.
+	// cp, sha256sum, pread at offsets, and mmap, of the large one.
 	big := tm.path("artifacts", "big.bin")
+	dst := t.TempDir() + "/copy"
+	run(t, "cp", big, dst)
+	if got, _ := os.ReadFile(dst); !bytes.Equal(got, large) {
+		t.Errorf("cp out of the mount: %d bytes", len(got))
+	}
+	sum := sha256.Sum256(large)
 	dropPages(t, big) // served by the daemon again, from the kept blob file
+	if out := run(t, "sha256sum", big); !strings.HasPrefix(out, hex.EncodeToString(sum[:])) {
+		t.Errorf("sha256sum: %s", out)
+	}
+	dropPages(t, big)
 	f, err := os.Open(big)
 	if err != nil {
 		t.Fatal(err)
@@ -222,7 +232,6 @@ func TestReadOnlyNoOpen(t *testing.T) {
 	// mmap, in another process: a page fault on this mount in the process
 	// that serves it can deadlock against the Go runtime (a stop-the-world
 	// waits for the faulting thread, which waits for the server).
-	sum := sha256.Sum256(large)
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), mmapHelperEnv+"="+big, mmapHelperEnv+"_SHA256="+hex.EncodeToString(sum[:]))
 	if out, err := cmd.CombinedOutput(); err != nil {
