@@ -53,6 +53,7 @@ type FS struct {
 	scopes  map[string]*gofs.Inode // set in Root.OnAdd, read-only after
 	mounted time.Time
 	unwatch func()
+	pins    pinnedValues // values kept for no-open reads
 
 	// direntsServed counts names handed to the kernel in directory
 	// listings: a listing the kernel serves from its cache adds none.
@@ -118,6 +119,7 @@ func (r *Root) Close() {
 		r.fs.unwatch()
 	}
 	r.fs.notes.close()
+	r.fs.pins.closeAll()
 }
 
 // storeChanged makes the kernel forget a key that changed in the store, by

@@ -50,6 +50,12 @@ type keyFile struct {
 	// reservedFor is the caller (thread id) a writer's inode was made for
 	// by such a lookup; readers keep off it.
 	reservedFor uint32
+
+	// val is the verified value no-open reads are served from (read-only
+	// mounts, see noopen.go), from the first read until the kernel forgets
+	// the inode.
+	valMu sync.Mutex
+	val   *store.Value
 }
 
 var (
@@ -310,6 +316,11 @@ func (k *keyFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 		// Writes bypass the page cache: nothing staged is ever cached as
 		// the key's value.
 		return &writeHandle{node: k, truncated: flags&syscall.O_TRUNC != 0, appending: flags&syscall.O_APPEND != 0, mtimeSeq: seq}, fuse.FOPEN_DIRECT_IO, 0
+	}
+	if k.fs.noOpen() {
+		// Read-only mount: no OPEN, ever again (noopen.go); reads come to
+		// k.Read and verify the value at the first one.
+		return nil, 0, syscall.ENOSYS
 	}
 	k.mu.Lock()
 	if k.pending || k.writers > 0 || k.reservedFor != 0 {

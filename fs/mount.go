@@ -24,6 +24,9 @@ type MountConfig struct {
 	Options
 	AllowOther bool
 	Debug      bool
+	// wrapRaw, when set, wraps the filesystem go-fuse serves (tests count
+	// the requests that reach it).
+	wrapRaw func(fuse.RawFileSystem) fuse.RawFileSystem
 }
 
 // Mount is a mounted filesystem.
@@ -52,7 +55,7 @@ func MountStore(point string, s *store.Store, cfg MountConfig) (*Mount, error) {
 		// also makes the mount itself read-only, which /proc/mounts shows.
 		opts.DirectMountFlags = syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_RDONLY
 	}
-	server, err := gofs.Mount(point, root, opts)
+	server, err := serve(point, root, opts, cfg.wrapRaw)
 	if err != nil {
 		root.Close()
 		if os.Geteuid() != 0 {
@@ -63,6 +66,23 @@ func MountStore(point string, s *store.Store, cfg MountConfig) (*Mount, error) {
 		return nil, fmt.Errorf("mount %s: %w", point, err)
 	}
 	return &Mount{Point: point, server: server, root: root}, nil
+}
+
+// serve is gofs.Mount, with the raw filesystem wrapped by wrap if set.
+func serve(point string, root *Root, opts *gofs.Options, wrap func(fuse.RawFileSystem) fuse.RawFileSystem) (*fuse.Server, error) {
+	raw := gofs.NewNodeFS(root, opts)
+	if wrap != nil {
+		raw = wrap(raw)
+	}
+	server, err := fuse.NewServer(raw, point, &opts.MountOptions)
+	if err != nil {
+		return nil, err
+	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
+		return nil, err
+	}
+	return server, nil
 }
 
 // Wait blocks until the filesystem is unmounted.

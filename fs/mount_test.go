@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
+
 	"github.com/iriskvfs/iriskvfs/quota"
 	"github.com/iriskvfs/iriskvfs/store"
 )
@@ -99,6 +101,8 @@ type mountOptions struct {
 	clock    *fakeClock
 	store    store.Options // Policy and Now are filled from config and clock
 	fs       Options       // UID/GID default to ours
+	// wrapRaw wraps the raw filesystem (see opCounter).
+	wrapRaw func(fuse.RawFileSystem) fuse.RawFileSystem
 }
 
 // testMount is a store mounted for one test.
@@ -142,7 +146,7 @@ func mountStore(t testing.TB, o mountOptions) *testMount {
 	if fo.UID == 0 && fo.GID == 0 {
 		fo.UID, fo.GID = uint32(os.Getuid()), uint32(os.Getgid())
 	}
-	m, err := MountStore(point, s, MountConfig{Options: fo, Debug: os.Getenv("IRISKVFS_FUSE_DEBUG") == "1"})
+	m, err := MountStore(point, s, MountConfig{Options: fo, Debug: os.Getenv("IRISKVFS_FUSE_DEBUG") == "1", wrapRaw: o.wrapRaw})
 	if err != nil {
 		s.Close()
 		t.Fatalf("MountStore: %v", err)

@@ -17,12 +17,14 @@ const statsName = ".stats"
 // listings from its own tree.
 type Root struct {
 	gofs.Inode
-	fs *FS
+	fs    *FS
+	stats *virtualFile // names .stats (see virtualFile.lookup)
 }
 
 var (
 	_ gofs.NodeOnAdder   = (*Root)(nil)
 	_ gofs.NodeLookuper  = (*Root)(nil)
+	_ gofs.NodeReaddirer = (*Root)(nil)
 	_ gofs.NodeGetattrer = (*Root)(nil)
 	_ gofs.NodeStatfser  = (*Root)(nil)
 	_ gofs.NodeMkdirer   = (*Root)(nil)
@@ -45,8 +47,8 @@ func (r *Root) OnAdd(ctx context.Context) {
 		r.fs.scopes[name] = ch
 	}
 	r.fs.unwatch = r.fs.store.Watch(r.fs.storeChanged)
-	stats := &virtualFile{fs: r.fs, generate: r.statsJSON}
-	r.AddChild(statsName, r.NewPersistentInode(ctx, stats, gofs.StableAttr{Mode: syscall.S_IFREG}), false)
+	r.stats = &virtualFile{fs: r.fs, generate: r.statsJSON}
+	r.AddChild(statsName, r.NewPersistentInode(ctx, r.stats, gofs.StableAttr{Mode: syscall.S_IFREG}), false)
 }
 
 func (r *Root) statsJSON() ([]byte, error) {
@@ -66,6 +68,9 @@ func (r *Root) statsJSON() ([]byte, error) {
 
 // Lookup answers for the fixed children (see FS.fixedEntry).
 func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if name == statsName {
+		return r.stats.lookup(ctx, r.EmbeddedInode(), name, out)
+	}
 	ch := r.GetChild(name)
 	if ch == nil {
 		return nil, syscall.ENOENT
@@ -74,6 +79,25 @@ func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 		return nil, errno
 	}
 	return ch, 0
+}
+
+// Readdir lists the fixed children, in the order go-fuse's own listing of
+// them had: the scopes, then .stats. On a read-only mount .stats is a
+// snapshot inode (virtualFile.lookup), which leaves the tree when the
+// kernel forgets it; the listing shows the name all the same.
+func (r *Root) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	names := r.fs.store.Policy().Names()
+	list := make([]fuse.DirEntry, 0, len(names)+1)
+	for _, name := range names {
+		ch := r.fs.scopes[name]
+		list = append(list, fuse.DirEntry{Name: name, Mode: ch.Mode(), Ino: ch.StableAttr().Ino})
+	}
+	stats := r.GetChild(statsName)
+	if stats == nil {
+		stats = r.stats.EmbeddedInode()
+	}
+	list = append(list, fuse.DirEntry{Name: statsName, Mode: stats.Mode(), Ino: stats.StableAttr().Ino})
+	return gofs.NewListDirStream(list), 0
 }
 
 func (r *Root) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {

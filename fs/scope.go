@@ -24,7 +24,7 @@ type scopeDir struct {
 	gofs.Inode
 	fs    *FS
 	scope string
-	index *gofs.Inode // the _index.json node
+	index *virtualFile // names _index.json (see virtualFile.lookup)
 
 	// The size of _index.json, valid while changes == indexGen and until
 	// indexUntil (the first expiry among its entries).
@@ -115,8 +115,8 @@ var (
 )
 
 func (d *scopeDir) OnAdd(ctx context.Context) {
-	v := &virtualFile{fs: d.fs, generate: d.indexJSON, size: d.indexSize}
-	d.index = d.NewPersistentInode(ctx, v, gofs.StableAttr{Mode: syscall.S_IFREG})
+	d.index = &virtualFile{fs: d.fs, generate: d.indexJSON, size: d.indexSize}
+	d.NewPersistentInode(ctx, d.index, gofs.StableAttr{Mode: syscall.S_IFREG})
 }
 
 // indexJSON generates the scope's _index.json for an open.
@@ -216,10 +216,7 @@ func (d *scopeDir) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errn
 
 func (d *scopeDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	if name == indexName {
-		if errno := d.fs.fixedEntry(ctx, d.index, out); errno != 0 {
-			return nil, errno
-		}
-		return d.index, 0
+		return d.index.lookup(ctx, d.EmbeddedInode(), name, out)
 	}
 	if store.ValidateKey(name) != nil {
 		return nil, syscall.ENOENT // no such file can exist; creating it says why

@@ -16,8 +16,15 @@ import (
 
 // TestSelfHealingThroughMount: with the guard behind a real mount, an
 // instruction set that was deleted, has expired, or is corrupt on disk
-// reads back canonical through cat-like reads, never ENOENT or EIO.
+// reads back canonical through cat-like reads, never ENOENT or EIO. On a
+// read-only mount, where files are verified at their first read rather
+// than at open, too.
 func TestSelfHealingThroughMount(t *testing.T) {
+	t.Run("writable", func(t *testing.T) { selfHealingThroughMount(t, false) })
+	t.Run("read-only", func(t *testing.T) { selfHealingThroughMount(t, true) })
+}
+
+func selfHealingThroughMount(t *testing.T, readOnly bool) {
 	if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
 		if os.Getenv("IRISKVFS_REQUIRE_FUSE") == "1" {
 			t.Fatalf("IRISKVFS_REQUIRE_FUSE=1 but FUSE is unusable here (root: %v, /dev/fuse: %v)", os.Geteuid() == 0, err)
@@ -39,7 +46,7 @@ func TestSelfHealingThroughMount(t *testing.T) {
 	g := instructions.StartGuard(s, slog.New(slog.DiscardHandler))
 	defer g.Stop()
 	mnt := t.TempDir()
-	m, err := fs.MountStore(mnt, s, fs.MountConfig{Options: fs.Options{Heal: g.Heal}})
+	m, err := fs.MountStore(mnt, s, fs.MountConfig{Options: fs.Options{Heal: g.Heal, ReadOnly: readOnly}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +69,12 @@ func TestSelfHealingThroughMount(t *testing.T) {
 	}
 	mustRead("seeded", 0)
 
-	if err := os.Remove(path(0)); err != nil {
+	if readOnly {
+		if err := s.Delete(instructions.Scope, sets[0].Key); err != nil {
+			t.Fatal(err)
+		}
+		m.Settle()
+	} else if err := os.Remove(path(0)); err != nil {
 		t.Fatal(err)
 	}
 	mustRead("after rm", 0)

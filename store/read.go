@@ -21,6 +21,7 @@ type Value struct {
 	Entry index.Entry
 	data  []byte
 	file  *os.File
+	id    fileIdentity // of file, when it was verified
 }
 
 // ReadAt reads the value's bytes at off.
@@ -45,6 +46,20 @@ func (v *Value) Bytes() ([]byte, bool) { return v.data, v.file == nil }
 // File returns the verified blob file, when the value is not in memory.
 // It is read-only and must not be closed by the caller.
 func (v *Value) File() *os.File { return v.file }
+
+// Unchanged reports whether the blob file a value reads from is still the
+// file that was verified (same inode, size, mtime and ctime: the test the
+// store uses to trust an earlier verification). A value held in memory is
+// always unchanged. A holder that keeps a Value for long (the read-only
+// mount keeps one per file the kernel knows) checks it before reading, and
+// opens the value again, verified anew, when it has changed.
+func (v *Value) Unchanged() bool {
+	if v.file == nil {
+		return true
+	}
+	id, err := identify(v.file)
+	return err == nil && id == v.id
+}
 
 // Reader returns a reader of the whole value.
 func (v *Value) Reader() io.Reader { return io.NewSectionReader(v, 0, v.Entry.Size) }
@@ -242,7 +257,7 @@ func (s *Store) openEntry(e *index.Entry) (*Value, error) {
 		}
 		s.verified.remember(e.Fingerprint, id)
 	}
-	return &Value{Entry: *e, file: f}, nil
+	return &Value{Entry: *e, file: f, id: id}, nil
 }
 
 func (s *Store) integrityFailure(e *index.Entry, why string) error {
