@@ -88,20 +88,26 @@ func (d *scopeDir) retryKind(ctx context.Context, name string) (pid uint32, retr
 }
 
 var (
-	_ gofs.NodeOnAdder   = (*scopeDir)(nil)
-	_ gofs.NodeLookuper  = (*scopeDir)(nil)
-	_ gofs.NodeReaddirer = (*scopeDir)(nil)
-	_ gofs.NodeGetattrer = (*scopeDir)(nil)
-	_ gofs.NodeStatfser  = (*scopeDir)(nil)
-	_ gofs.NodeCreater   = (*scopeDir)(nil)
-	_ gofs.NodeUnlinker  = (*scopeDir)(nil)
-	_ gofs.NodeRenamer   = (*scopeDir)(nil)
-	_ gofs.NodeMkdirer   = (*scopeDir)(nil)
-	_ gofs.NodeRmdirer   = (*scopeDir)(nil)
-	_ gofs.NodeSymlinker = (*scopeDir)(nil)
-	_ gofs.NodeLinker    = (*scopeDir)(nil)
-	_ gofs.NodeMknoder   = (*scopeDir)(nil)
+	_ gofs.NodeOnAdder    = (*scopeDir)(nil)
+	_ gofs.NodeLookuper   = (*scopeDir)(nil)
+	_ gofs.NodeReaddirer  = (*scopeDir)(nil)
+	_ gofs.NodeGetattrer  = (*scopeDir)(nil)
+	_ gofs.NodeStatfser   = (*scopeDir)(nil)
+	_ gofs.NodeCreater    = (*scopeDir)(nil)
+	_ gofs.NodeUnlinker   = (*scopeDir)(nil)
+	_ gofs.NodeRenamer    = (*scopeDir)(nil)
+	_ gofs.NodeMkdirer    = (*scopeDir)(nil)
+	_ gofs.NodeRmdirer    = (*scopeDir)(nil)
+	_ gofs.NodeSymlinker  = (*scopeDir)(nil)
+	_ gofs.NodeLinker     = (*scopeDir)(nil)
+	_ gofs.NodeMknoder    = (*scopeDir)(nil)
+	_ gofs.NodeSetxattrer = (*scopeDir)(nil)
 )
+
+// Setxattr: directories carry no attributes of their own.
+func (d *scopeDir) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	return syscall.ENOTSUP
+}
 
 func (d *scopeDir) OnAdd(ctx context.Context) {
 	v := &virtualFile{fs: d.fs, generate: d.indexJSON}
@@ -168,7 +174,10 @@ func (d *scopeDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		}
 		return d.index, 0
 	}
-	if store.ValidateKey(name) != nil {
+	if err := store.ValidateKey(name); err != nil {
+		if errors.Is(err, store.ErrNameTooLong) {
+			return nil, syscall.ENAMETOOLONG // as any Linux filesystem answers past NAME_MAX
+		}
 		return nil, syscall.ENOENT // no such file can exist; creating it says why
 	}
 	e, err := d.fs.store.Lookup(d.scope, name)
