@@ -457,3 +457,78 @@ func TestUnmountBusy(t *testing.T) {
 		t.Errorf("task/k after the lazy unmount: %q", got)
 	}
 }
+
+// TestFaultIndexDamagedUnderDaemon: damage deep in the index, where the
+// open's checks do not look (leaf pages of the task bucket). The daemon
+// starts, its background check logs the damage and skips the orphan sweep;
+// a key on a damaged page fails with EIO while the others read on; fsck
+// through the daemon says the index is damaged and to unmount first; after
+// unmount, fsck --repair brings every key back.
+func TestFaultIndexDamagedUnderDaemon(t *testing.T) {
+	requireFUSE(t)
+	tmp := t.TempDir()
+	storeDir, point := filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt")
+	s, err := store.Open(storeDir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 400; i++ {
+		if _, err := s.Put("task", fmt.Sprintf("k%04d", i), strings.NewReader(fmt.Sprint("value ", i)), store.PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	idx := filepath.Join(storeDir, "index.db")
+	b, err := os.ReadFile(idx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every leaf page holding task/k0200 (the live one and stale copies).
+	n := 0
+	for p := 2; p < len(b)/4096; p++ {
+		pg := b[p*4096 : (p+1)*4096]
+		if pg[8] == 0x02 && pg[9] == 0 && bytes.Contains(pg, []byte("k0200")) && !bytes.Contains(pg, []byte("task\x00k0200")) {
+			for i := range pg {
+				pg[i] = 0xee
+			}
+			n++
+		}
+	}
+	if n == 0 {
+		t.Fatal("no leaf page holds task/k0200")
+	}
+	if err := os.WriteFile(idx, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	d := mountDaemon(t, storeDir, point)
+	if !waitFor(10*time.Second, func() bool {
+		log, _ := os.ReadFile(filepath.Join(storeDir, "daemon.log"))
+		return bytes.Contains(log, []byte("orphan sweep skipped"))
+	}) {
+		log, _ := os.ReadFile(filepath.Join(storeDir, "daemon.log"))
+		t.Errorf("daemon.log does not report the damage:\n%s", log)
+	}
+	_, err = os.ReadFile(filepath.Join(point, "task", "k0200"))
+	wantErrnoOf(t, "read a key on a damaged page", err, syscall.EIO)
+	readThrough(t, filepath.Join(point, "task", "k0000"), "value 0")
+	readThrough(t, filepath.Join(point, "task", "k0399"), "value 399")
+	wantErrLine(t, runCLI(t, nil, "--store", storeDir, "fsck", "--repair"),
+		`^iriskvfs: .*index `+regexp.QuoteMeta(idx)+` is damaged .*\(the daemon has it open: unmount first\)$`, "fsck --repair through the daemon")
+	if processGone(d.pid) {
+		t.Fatal("the daemon died")
+	}
+	mustCLI(t, nil, "unmount", point)
+	out := mustCLI(t, nil, "--store", storeDir, "fsck", "--repair")
+	if strings.Contains(out, "lost:") || !strings.Contains(out, "adopted task/k0200") {
+		t.Errorf("fsck --repair:\n%s", out)
+	}
+	for i := 0; i < 400; i += 57 {
+		if got := mustCLI(t, nil, "--store", storeDir, "get", "task", fmt.Sprintf("k%04d", i)); got != fmt.Sprint("value ", i) {
+			t.Errorf("task/k%04d after the repair: %q", i, got)
+		}
+	}
+	if got := mustCLI(t, nil, "--store", storeDir, "get", "task", "k0200"); got != "value 200" {
+		t.Errorf("task/k0200 after the repair: %q", got)
+	}
+}
