@@ -22,6 +22,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEntry$$' -fuzztime $(FUZZTIME) ./index
 	$(GO) test -run '^$$' -fuzz '^FuzzValidateKey$$' -fuzztime $(FUZZTIME) ./store
 	$(GO) test -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME) ./quota
+	$(GO) test -run '^$$' -fuzz '^FuzzOpenIndex$$' -fuzztime $(FUZZTIME) ./index
+	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./integration/api
+	$(GO) test -run '^$$' -fuzz '^FuzzRawRequest$$' -fuzztime $(FUZZTIME) ./integration/api
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -26,6 +26,8 @@ var errnoTable = []struct {
 	{store.ErrTooLarge, syscall.EFBIG},
 	{store.ErrIntegrity, syscall.EIO},
 	{store.ErrNoSpace, syscall.ENOSPC},
+	{store.ErrReadOnly, syscall.EROFS},
+	{store.ErrIndexDamaged, syscall.EIO},
 	{store.ErrLocked, syscall.EBUSY},
 	{store.ErrClosed, syscall.EIO},
 	{index.ErrCorruptRecord, syscall.EIO},

@@ -32,6 +32,8 @@ func TestToErrno(t *testing.T) {
 		{"ErrTooLarge", store.ErrTooLarge, syscall.EFBIG},
 		{"ErrIntegrity", store.ErrIntegrity, syscall.EIO},
 		{"ErrNoSpace", store.ErrNoSpace, syscall.ENOSPC},
+		{"ErrReadOnly", store.ErrReadOnly, syscall.EROFS},
+		{"ErrIndexDamaged", store.ErrIndexDamaged, syscall.EIO},
 		{"ErrLocked", store.ErrLocked, syscall.EBUSY},
 		{"ErrClosed", store.ErrClosed, syscall.EIO},
 	}

@@ -138,6 +138,9 @@ func (h *writeHandle) Write(ctx context.Context, data []byte, off int64) (uint32
 	}
 	w, errno := h.writer()
 	if errno != 0 {
+		// Nothing of data is staged: as for a failed write, this value
+		// may no longer be published (a later write would leave a hole).
+		h.failed = errno
 		return 0, errno
 	}
 	if h.appending {
@@ -197,6 +200,7 @@ func (h *writeHandle) truncate(size int64) syscall.Errno {
 	}
 	w, errno := h.writer()
 	if errno != 0 {
+		h.failed = errno
 		return errno
 	}
 	if err := w.Truncate(size); err != nil {

@@ -579,6 +579,9 @@ func (k *keyFile) Setxattr(ctx context.Context, attr string, data []byte, flags 
 	}
 	value := string(data)
 	var edit func(e *index.Entry) error
+	if flags&xattrCreate != 0 && (attr == xattrContentType || attr == xattrTTL || attr == xattrTTLHours) {
+		return syscall.EEXIST // every key has these
+	}
 	switch {
 	case attr == xattrContentType:
 		edit = func(e *index.Entry) error { e.ContentType = value; return nil }
@@ -595,10 +598,10 @@ func (k *keyFile) Setxattr(ctx context.Context, attr string, data []byte, flags 
 		}
 		edit = func(e *index.Entry) error {
 			_, exists := e.Meta[name]
-			if flags&0x1 != 0 && exists { // XATTR_CREATE
+			if flags&xattrCreate != 0 && exists {
 				return errXattrExists
 			}
-			if flags&0x2 != 0 && !exists { // XATTR_REPLACE
+			if flags&xattrReplace != 0 && !exists {
 				return errXattrMissing
 			}
 			if e.Meta == nil {
@@ -612,6 +615,12 @@ func (k *keyFile) Setxattr(ctx context.Context, attr string, data []byte, flags 
 	}
 	return k.editMeta(edit)
 }
+
+// setxattr(2) flags.
+const (
+	xattrCreate  = 0x1 // XATTR_CREATE: fail if it exists
+	xattrReplace = 0x2 // XATTR_REPLACE: fail if it does not
+)
 
 var (
 	errXattrExists  = errors.New("xattr exists")

@@ -181,6 +181,28 @@ func AbortConnection(point string) error {
 	return err
 }
 
+// Unmount unmounts the filesystem at point from outside its server (as
+// umount(8) or fusermount3 -u would): the server sees it go and stops. A
+// busy mount (a process has its working directory or a file open in it)
+// stays mounted and the error is EBUSY.
+func Unmount(point string) error {
+	if os.Geteuid() == 0 {
+		if err := syscall.Unmount(point, 0); err != nil {
+			return &os.PathError{Op: "unmount", Path: point, Err: err}
+		}
+		return nil
+	}
+	out, err := exec.Command("fusermount3", "-u", point).CombinedOutput()
+	if err != nil {
+		msg := strings.TrimSpace(string(out))
+		if strings.Contains(msg, "busy") {
+			return &os.PathError{Op: "unmount", Path: point, Err: syscall.EBUSY}
+		}
+		return fmt.Errorf("fusermount3 -u: %v: %s", err, msg)
+	}
+	return nil
+}
+
 // LazyUnmount detaches the mount at point (MNT_DETACH as root, else
 // fusermount3 -uz).
 func LazyUnmount(point string) error {

@@ -7,6 +7,8 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/iriskvfs/iriskvfs/store"
 )
 
 // statsName is the root's virtual statistics file.
@@ -22,20 +24,26 @@ type Root struct {
 }
 
 var (
-	_ gofs.NodeOnAdder   = (*Root)(nil)
-	_ gofs.NodeLookuper  = (*Root)(nil)
-	_ gofs.NodeReaddirer = (*Root)(nil)
-	_ gofs.NodeGetattrer = (*Root)(nil)
-	_ gofs.NodeStatfser  = (*Root)(nil)
-	_ gofs.NodeMkdirer   = (*Root)(nil)
-	_ gofs.NodeCreater   = (*Root)(nil)
-	_ gofs.NodeUnlinker  = (*Root)(nil)
-	_ gofs.NodeRmdirer   = (*Root)(nil)
-	_ gofs.NodeRenamer   = (*Root)(nil)
-	_ gofs.NodeSymlinker = (*Root)(nil)
-	_ gofs.NodeLinker    = (*Root)(nil)
-	_ gofs.NodeMknoder   = (*Root)(nil)
+	_ gofs.NodeOnAdder    = (*Root)(nil)
+	_ gofs.NodeLookuper   = (*Root)(nil)
+	_ gofs.NodeReaddirer  = (*Root)(nil)
+	_ gofs.NodeGetattrer  = (*Root)(nil)
+	_ gofs.NodeStatfser   = (*Root)(nil)
+	_ gofs.NodeMkdirer    = (*Root)(nil)
+	_ gofs.NodeCreater    = (*Root)(nil)
+	_ gofs.NodeUnlinker   = (*Root)(nil)
+	_ gofs.NodeRmdirer    = (*Root)(nil)
+	_ gofs.NodeRenamer    = (*Root)(nil)
+	_ gofs.NodeSymlinker  = (*Root)(nil)
+	_ gofs.NodeLinker     = (*Root)(nil)
+	_ gofs.NodeMknoder    = (*Root)(nil)
+	_ gofs.NodeSetxattrer = (*Root)(nil)
 )
+
+// Setxattr: directories carry no attributes of their own.
+func (r *Root) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	return syscall.ENOTSUP
+}
 
 // OnAdd builds the fixed tree.
 func (r *Root) OnAdd(ctx context.Context) {
@@ -73,6 +81,9 @@ func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	}
 	ch := r.GetChild(name)
 	if ch == nil {
+		if len(name) > store.MaxKeyLen {
+			return nil, syscall.ENAMETOOLONG
+		}
 		return nil, syscall.ENOENT
 	}
 	if errno := r.fs.fixedEntry(ctx, ch, out); errno != 0 {

@@ -112,7 +112,13 @@ var (
 	_ gofs.NodeSymlinker      = (*scopeDir)(nil)
 	_ gofs.NodeLinker         = (*scopeDir)(nil)
 	_ gofs.NodeMknoder        = (*scopeDir)(nil)
+	_ gofs.NodeSetxattrer     = (*scopeDir)(nil)
 )
+
+// Setxattr: directories carry no attributes of their own.
+func (d *scopeDir) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	return syscall.ENOTSUP
+}
 
 func (d *scopeDir) OnAdd(ctx context.Context) {
 	d.index = &virtualFile{fs: d.fs, generate: d.indexJSON, size: d.indexSize}
@@ -218,7 +224,10 @@ func (d *scopeDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	if name == indexName {
 		return d.index.lookup(ctx, d.EmbeddedInode(), name, out)
 	}
-	if store.ValidateKey(name) != nil {
+	if err := store.ValidateKey(name); err != nil {
+		if errors.Is(err, store.ErrNameTooLong) {
+			return nil, syscall.ENAMETOOLONG // as any Linux filesystem answers past NAME_MAX
+		}
 		return nil, syscall.ENOENT // no such file can exist; creating it says why
 	}
 	e, err := d.fs.store.Lookup(d.scope, name)

@@ -45,12 +45,14 @@ type virtualFile struct {
 }
 
 var (
-	_ gofs.NodeGetattrer  = (*virtualFile)(nil)
-	_ gofs.NodeOpener     = (*virtualFile)(nil)
-	_ gofs.NodeReader     = (*virtualFile)(nil)
-	_ gofs.NodeFlusher    = (*virtualFile)(nil)
-	_ gofs.NodeSetattrer  = (*virtualFile)(nil)
-	_ gofs.NodeGetxattrer = (*virtualFile)(nil)
+	_ gofs.NodeGetattrer     = (*virtualFile)(nil)
+	_ gofs.NodeOpener        = (*virtualFile)(nil)
+	_ gofs.NodeReader        = (*virtualFile)(nil)
+	_ gofs.NodeFlusher       = (*virtualFile)(nil)
+	_ gofs.NodeSetattrer     = (*virtualFile)(nil)
+	_ gofs.NodeGetxattrer    = (*virtualFile)(nil)
+	_ gofs.NodeSetxattrer    = (*virtualFile)(nil)
+	_ gofs.NodeRemovexattrer = (*virtualFile)(nil)
 )
 
 func (v *virtualFile) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -173,6 +175,15 @@ func sameBytes(a, b []byte) bool {
 		return true
 	}
 	return bytes.Equal(a, b)
+}
+
+// Setxattr: a virtual file takes no changes, its attributes included.
+func (v *virtualFile) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	return syscall.EPERM
+}
+
+func (v *virtualFile) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	return syscall.EPERM
 }
 
 // snapshotHandle serves one generated snapshot.

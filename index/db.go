@@ -5,10 +5,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Top-level buckets. Scope buckets are nested under bucketScopes so that no
@@ -30,6 +34,7 @@ var ErrFormat = errors.New("index format not recognised")
 // DB is an open index.
 type DB struct {
 	bolt *bolt.DB
+	path string
 
 	// Group commit (see Batch).
 	batchMu sync.Mutex
@@ -44,9 +49,11 @@ type batchCall struct {
 }
 
 // Open opens or creates the index at path and makes sure the given scopes
-// have buckets.
+// have buckets. A file that is not a readable bbolt database, or is shorter
+// than its own metadata says, fails with a *DamagedError (errors.Is
+// ErrDamaged), never a panic.
 func Open(path string, scopes []string) (*DB, error) {
-	b, err := bolt.Open(path, 0o600, &bolt.Options{
+	b, err := openBolt(path, &bolt.Options{
 		Timeout: time.Second,
 		// The freelist is synced with each commit: without it every open
 		// walks the whole file to rebuild it (0.4 s for 100k keys with a
@@ -57,8 +64,12 @@ func Open(path string, scopes []string) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	db := &DB{bolt: b}
-	err = b.Update(func(tx *bolt.Tx) error {
+	db := &DB{bolt: b, path: path}
+	err = db.Update(func(t *Tx) error {
+		tx := t.tx
+		if err := checkSize(path, tx); err != nil {
+			return err
+		}
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
 			return err
@@ -85,27 +96,77 @@ func Open(path string, scopes []string) (*DB, error) {
 		return nil
 	})
 	if err != nil {
-		b.Close()
+		_ = guard(path, b.Close)
 		return nil, err
 	}
 	return db, nil
 }
 
+// openBolt opens the bbolt file at path. A file bbolt refuses (not a bbolt
+// file, bad checksums) or panics on fails with a *DamagedError; after a
+// panic the file is unlocked and closed here, as bbolt cannot, so that the
+// next open (fsck --repair's) is not locked out by this one.
+func openBolt(path string, o *bolt.Options) (*bolt.DB, error) {
+	var file *os.File
+	o.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
+		f, err := os.OpenFile(name, flag, perm)
+		file = f
+		return f, err
+	}
+	var b *bolt.DB
+	err := guard(path, func() error {
+		var err error
+		b, err = bolt.Open(path, 0o600, o)
+		if errors.Is(err, berrors.ErrInvalid) || errors.Is(err, berrors.ErrVersionMismatch) ||
+			errors.Is(err, berrors.ErrChecksum) || err != nil && strings.Contains(err.Error(), "file size too small") {
+			// Not a bbolt file, unreadable meta pages, a file cut short.
+			err = &DamagedError{Path: path, Reason: err.Error()}
+		}
+		return err
+	})
+	if errors.Is(err, ErrDamaged) && b == nil && file != nil {
+		// bbolt panicked with the file open, locked and mapped. The map
+		// (left in place: its address is bbolt's) keeps the file and so its
+		// lock alive after a close: unlock it first.
+		_ = syscall.Flock(int(file.Fd()), syscall.LOCK_UN)
+		file.Close()
+	}
+	return b, err
+}
+
+// checkSize fails when the file is shorter than the pages its metadata
+// counts: a truncated file, whose missing pages would fault when read.
+func checkSize(path string, tx *bolt.Tx) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if fi.Size() < tx.Size() {
+		return &DamagedError{Path: path, Reason: fmt.Sprintf("truncated: %d bytes, its pages need %d", fi.Size(), tx.Size())}
+	}
+	return nil
+}
+
 // Close closes the index.
-func (db *DB) Close() error { return db.bolt.Close() }
+func (db *DB) Close() error { return guard(db.path, db.bolt.Close) }
 
 // Path is the index file.
-func (db *DB) Path() string { return db.bolt.Path() }
+func (db *DB) Path() string { return db.path }
 
-// View runs fn in a read-only transaction.
+// View runs fn in a read-only transaction. A damaged page met on the way
+// fails it with a *DamagedError instead of a panic (see guard).
 func (db *DB) View(fn func(*Tx) error) error {
-	return db.bolt.View(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
+	return guard(db.path, func() error {
+		return db.bolt.View(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
+	})
 }
 
 // Update runs fn in a read-write transaction, committed (and synced) when
-// fn returns nil.
+// fn returns nil. A damaged page fails it as in View.
 func (db *DB) Update(fn func(*Tx) error) error {
-	return db.bolt.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
+	return guard(db.path, func() error {
+		return db.bolt.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
+	})
 }
 
 // Batch is Update for concurrent writers: calls that arrive while a commit
@@ -148,16 +209,17 @@ func (db *DB) Batch(fn func(*Tx) error) error {
 func (db *DB) runBatch(calls []*batchCall) {
 	for len(calls) > 0 {
 		failed := -1
-		err := db.bolt.Update(func(tx *bolt.Tx) error {
+		err := db.Update(func(tx *Tx) error {
 			for i, c := range calls {
-				if err := c.fn(&Tx{tx: tx}); err != nil {
+				if err := c.fn(tx); err != nil {
 					failed = i
 					return err
 				}
 			}
 			return nil
 		})
-		if failed < 0 {
+		if failed < 0 || errors.Is(err, ErrDamaged) {
+			// Committed, or the index failed under all of them.
 			for _, c := range calls {
 				c.done <- err
 			}

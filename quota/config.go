@@ -69,6 +69,9 @@ func Parse(data []byte) (*Policy, error) {
 			if *sc.Quota <= 0 {
 				return nil, fmt.Errorf("scope %q: quota must be positive", name)
 			}
+			if *sc.Quota > MaxQuota {
+				return nil, fmt.Errorf("scope %q: quota of %d bytes is more than the largest, 1PiB", name, int64(*sc.Quota))
+			}
 			s.Quota = int64(*sc.Quota)
 		}
 		if sc.TTL != nil {
@@ -76,8 +79,21 @@ func Parse(data []byte) (*Policy, error) {
 		}
 		changes[name] = s
 	}
-	return base.with(changes), nil
+	p := base.with(changes)
+	var total int64
+	for _, s := range p.Scopes() {
+		if total > math.MaxInt64-s.Quota {
+			return nil, errors.New("the scopes' quotas add up to more than 8EiB")
+		}
+		total += s.Quota
+	}
+	return p, nil
 }
+
+// MaxQuota is the largest quota a scope may have, 1 PiB: far beyond any
+// cache, and small enough that the total quota of thousands of scopes is
+// still a number (df shows it).
+const MaxQuota = 1 << 50
 
 // Size is a byte count written as a plain number or with a unit: B, KB, MB,
 // GB, TB (powers of 1024, as the predecessor counted) or KiB, MiB, GiB, TiB.

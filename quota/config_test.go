@@ -1,6 +1,7 @@
 package quota_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -188,6 +189,11 @@ func TestParseErrors(t *testing.T) {
 		"scopes as a list":      {"scopes: [task]\n", ""},
 		"not yaml":              {"scopes: {task: [\n", ""},
 		"duplicate scope":       {"scopes:\n  task: {quota: 1MB}\n  task: {quota: 2MB}\n", "task"},
+		"duplicate scopes key":  {"scopes:\n  task: {quota: 1MB}\nscopes: {}\n", "scopes"},
+		"quota past 1 PiB":      {"scopes:\n  task: {quota: 1025TiB}\n", "1PiB"},
+		"quota near int64":      {"scopes:\n  task: {quota: 4000000TB}\n", "1PiB"},
+		"not UTF-8":             {"scopes:\n  task: {quota: \xff\xfe}\n", ""},
+		"ttl of 1ns rounds":     {"scopes:\n  task: {ttl: 0.1ns}\n", "0.1ns"},
 	}
 	for name, c := range cases {
 		p, err := quota.Parse([]byte(c.doc))
@@ -201,6 +207,27 @@ func TestParseErrors(t *testing.T) {
 		if !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: error %q does not mention %q", name, err, c.want)
 		}
+	}
+}
+
+// TestParseQuotaTotal: the largest quotas are accepted, and thousands of
+// scopes of them, as long as the sum of all quotas (df's size) is a
+// number; past that the config is refused rather than overflowing.
+func TestParseQuotaTotal(t *testing.T) {
+	p, err := quota.Parse([]byte("scopes:\n  task: {quota: 1024TiB}\n  artifacts: {quota: 1024TiB}\n  project: {quota: 1024TiB}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.TotalQuota(); got != 3<<50+15*mib {
+		t.Errorf("TotalQuota %d", got)
+	}
+	var b strings.Builder
+	b.WriteString("scopes:\n")
+	for i := 0; i < 8200; i++ {
+		fmt.Fprintf(&b, "  s%d: {quota: 1024TiB, ttl: 1h}\n", i)
+	}
+	if _, err := quota.Parse([]byte(b.String())); err == nil || !strings.Contains(err.Error(), "add up") {
+		t.Errorf("8200 scopes of 1 PiB: %v, want an error", err)
 	}
 }
 

@@ -10,7 +10,8 @@ import (
 // FuzzParseConfig checks that Parse never panics and that every policy it
 // returns is usable: valid, distinct scope names, the built-in scopes first
 // and in their order, positive quotas and TTLs that are either 0 (never) or
-// a positive lifetime of at most 100 years.
+// a positive lifetime of at most 100 years, quotas of at most 1 PiB that
+// add up (TotalQuota) without overflowing.
 func FuzzParseConfig(f *testing.F) {
 	for _, doc := range []string{
 		"",
@@ -39,6 +40,7 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("built-in scopes lost: %v", names)
 		}
 		seen := map[string]bool{}
+		var total int64
 		for i, s := range p.Scopes() {
 			if i < len(builtin) && s.Name != builtin[i] {
 				t.Fatalf("scope %d is %q, want built-in %q", i, s.Name, builtin[i])
@@ -53,8 +55,12 @@ func FuzzParseConfig(f *testing.F) {
 				t.Fatalf("scope %q listed twice", s.Name)
 			}
 			seen[s.Name] = true
-			if s.Quota <= 0 {
+			if s.Quota <= 0 || s.Quota > quota.MaxQuota {
 				t.Fatalf("scope %q has quota %d", s.Name, s.Quota)
+			}
+			total += s.Quota
+			if total < 0 {
+				t.Fatalf("the quotas overflow an int64 at scope %q", s.Name)
 			}
 			if s.TTL < 0 || s.TTL > 100*365*24*time.Hour {
 				t.Fatalf("scope %q has ttl %v", s.Name, s.TTL)
@@ -63,8 +69,8 @@ func FuzzParseConfig(f *testing.F) {
 				t.Fatalf("Scope(%q) = %+v, %v; Scopes says %+v", s.Name, got, ok, s)
 			}
 		}
-		if p.TotalQuota() <= 0 {
-			t.Fatalf("total quota %d", p.TotalQuota())
+		if p.TotalQuota() != total {
+			t.Fatalf("total quota %d, the scopes add up to %d", p.TotalQuota(), total)
 		}
 	})
 }

@@ -6,6 +6,7 @@ package quota
 import (
 	"errors"
 	"fmt"
+	"math"
 	"regexp"
 	"sort"
 	"time"
@@ -114,10 +115,14 @@ func (p *Policy) Scopes() []Scope {
 // Names lists the scope names in the order of Scopes.
 func (p *Policy) Names() []string { return append([]string(nil), p.order...) }
 
-// TotalQuota is the sum of all scope quotas.
+// TotalQuota is the sum of all scope quotas (Parse refuses a policy whose
+// sum would not fit an int64; it saturates, should one be built otherwise).
 func (p *Policy) TotalQuota() int64 {
 	var t int64
 	for _, s := range p.scopes {
+		if t > math.MaxInt64-s.Quota {
+			return math.MaxInt64
+		}
 		t += s.Quota
 	}
 	return t

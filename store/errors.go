@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"syscall"
 
+	"github.com/iriskvfs/iriskvfs/index"
 	"github.com/iriskvfs/iriskvfs/quota"
 )
 
@@ -22,9 +23,15 @@ var (
 	ErrTooLarge    = quota.ErrTooLarge
 	ErrIntegrity   = errors.New("fingerprint mismatch: stored value is corrupt")
 	ErrNoSpace     = errors.New("no space left on the backing store")
+	ErrReadOnly    = errors.New("the backing store is read-only")
 	ErrLocked      = errors.New("store is in use by another process")
 	ErrClosed      = errors.New("store is closed")
 )
+
+// ErrIndexDamaged reports an index file that cannot be read (an
+// *index.DamagedError says which and why); fsck --repair rebuilds it,
+// offline (RebuildIndex).
+var ErrIndexDamaged = index.ErrDamaged
 
 // OpError records the operation and the key an error happened to.
 type OpError struct {
@@ -57,6 +64,9 @@ func opErr(op, scope, key string, err error) error {
 	}
 	if errors.Is(err, syscall.ENOSPC) && !errors.Is(err, ErrNoSpace) {
 		err = fmt.Errorf("%w: %v", ErrNoSpace, err)
+	}
+	if errors.Is(err, syscall.EROFS) && !errors.Is(err, ErrReadOnly) {
+		err = fmt.Errorf("%w: %v", ErrReadOnly, err)
 	}
 	return &OpError{Op: op, Scope: scope, Key: key, Err: err}
 }

@@ -24,6 +24,7 @@ const (
 	ProblemRefsDrift     = "refs-drift"     // reference counts that disagree with the entries
 	ProblemExpiryDrift   = "expiry-drift"   // an expiry index that disagrees with the entries
 	ProblemUnknownScope  = "unknown-scope"  // entries of a scope the policy no longer has
+	ProblemIndexDamaged  = "index-damaged"  // an index file that cannot be read (RebuildIndex)
 )
 
 // Problem is one inconsistency.
@@ -51,6 +52,9 @@ type FsckReport struct {
 	Blobs    int       `json:"blobs_checked"`
 	Problems []Problem `json:"problems"`
 	Repairs  []string  `json:"repairs"`
+	// Lost names the keys a repair could not keep, and why (a rebuild of
+	// a damaged index; dropped broken entries are among the repairs).
+	Lost []string `json:"lost,omitempty"`
 }
 
 // Clean reports whether nothing was wrong.
@@ -68,6 +72,11 @@ func (s *Store) Fsck(repair bool) (*FsckReport, error) {
 	}
 	s.exclusive.Lock()
 	defer s.exclusive.Unlock()
+	// The whole index, read without trusting it first: bbolt would panic
+	// on some damage and loop for ever on some other.
+	if err := s.db.Verify(nil); err != nil {
+		return nil, opErr("fsck", "", "", err)
+	}
 	<-s.sweepDone // the startup sweep must not race the orphan check
 	rep := &FsckReport{Problems: []Problem{}, Repairs: []string{}}
 

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
@@ -15,6 +16,8 @@ import (
 	"path"
 	"path/filepath"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/iriskvfs/iriskvfs/index"
 	"github.com/iriskvfs/iriskvfs/quota"
@@ -374,6 +377,7 @@ func (w *Writer) commit() (index.Entry, error) {
 	if err := w.f.Chmod(0o444); err != nil {
 		return index.Entry{}, err
 	}
+	w.setOrigin(sniff)
 	if err := w.f.Sync(); err != nil {
 		return index.Entry{}, err
 	}
@@ -464,6 +468,26 @@ func (w *Writer) commit() (index.Entry, error) {
 		s.changed(w.scope.Name, w.key)
 	}
 	return published, err
+}
+
+// setOrigin records on the staged blob the scope, key and content type it
+// is written under (originXattr), before the fsync that makes the blob
+// durable carries it along. Best effort: a filesystem without user xattrs
+// just has no names to offer a rebuild of the index.
+func (w *Writer) setOrigin(sniff []byte) {
+	o := blobOrigin{Scope: w.scope.Name, Key: w.key, ContentType: w.opts.ContentType}
+	if o.ContentType == "" {
+		o.ContentType = guessContentType(w.key, sniff)
+	}
+	b, err := json.Marshal(o)
+	if err != nil {
+		return
+	}
+	rc, err := w.f.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) { _ = unix.Fsetxattr(int(fd), originXattr, b, 0) })
 }
 
 func (w *Writer) newEntry(now time.Time, fp index.Fingerprint, sniff []byte, old index.Entry, found bool) index.Entry {

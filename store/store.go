@@ -164,7 +164,15 @@ func Open(dir string, opts Options) (*Store, error) {
 		lock.Close()
 		return nil, fmt.Errorf("store %s: %w", abs, err)
 	}
+	if err := s.checkIndexPresent(); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("store %s: %w: run 'iriskvfs fsck --repair' to rebuild it", abs, err)
+	}
 	db, err := index.Open(filepath.Join(abs, indexName), opts.Policy.Names())
+	if errors.Is(err, index.ErrDamaged) {
+		lock.Close()
+		return nil, fmt.Errorf("store %s: %w: run 'iriskvfs fsck --repair' to rebuild it", abs, err)
+	}
 	if err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("store %s: index: %w", abs, err)
@@ -172,11 +180,66 @@ func Open(dir string, opts Options) (*Store, error) {
 	s.db = db
 	go func() {
 		defer close(s.sweepDone)
+		// The sweep deletes the files the index does not reference: only
+		// once the whole index has been read and found sound (damage that
+		// Open's checks do not reach).
+		err := s.db.Verify(s.closed.Load)
+		if err != nil {
+			s.log.Error("the index is damaged: orphan sweep skipped", "err", err,
+				"fix", "stop the daemon, then run 'iriskvfs fsck --repair'")
+		}
+		if err != nil || s.closed.Load() {
+			return
+		}
 		if _, err := s.sweepOrphans(); err != nil {
 			s.log.Warn("orphan sweep failed", "err", err)
 		}
 	}()
 	return s, nil
+}
+
+// checkIndexPresent refuses a store whose index file is missing or empty
+// while it holds value files: opening it would start an empty index, and
+// the orphan sweep would then delete every value. Only a new store (or one
+// that crashed while creating its index) has neither.
+func (s *Store) checkIndexPresent() error {
+	path := filepath.Join(s.dir, indexName)
+	fi, err := os.Stat(path)
+	var what string
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		what = "missing"
+	case err != nil:
+		return err
+	case fi.Size() == 0:
+		what = "empty"
+	default:
+		return nil
+	}
+	n, err := s.countBlobs(1)
+	if err != nil || n == 0 {
+		return err
+	}
+	return &index.DamagedError{Path: path, Reason: what + ", but the store holds value files"}
+}
+
+// countBlobs counts blob files, stopping at limit (0: no limit).
+func (s *Store) countBlobs(limit int) (int, error) {
+	n := 0
+	for i := 0; i < 256; i++ {
+		names, err := readDirNames(filepath.Join(s.dir, blobsDir, fmt.Sprintf("%02x", i)))
+		if err != nil {
+			return n, err
+		}
+		for _, name := range names {
+			if _, ok := parseBlobName(name); ok {
+				if n++; limit > 0 && n >= limit {
+					return n, nil
+				}
+			}
+		}
+	}
+	return n, nil
 }
 
 // prepareLayout creates the directories and removes what interrupted writes

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -78,16 +79,24 @@ func loadPolicy(c *cli.Context) (*quota.Policy, error) {
 // openStore opens the store for one admin command. The CLI logs nothing:
 // the error it returns is its one line.
 func openStore(c *cli.Context) (*store.Store, error) {
-	p, err := loadPolicy(c)
+	o, err := storeOptions(c)
 	if err != nil {
 		return nil, err
 	}
+	return store.Open(c.String("store"), o)
+}
+
+func storeOptions(c *cli.Context) (store.Options, error) {
+	p, err := loadPolicy(c)
+	if err != nil {
+		return store.Options{}, err
+	}
 	// Reads of the instruction sets are tracked as the daemon tracks them,
 	// so that stats has the same shape offline (where nothing was read yet).
-	return store.Open(c.String("store"), store.Options{
+	return store.Options{
 		Policy: p, Logger: slog.New(slog.DiscardHandler),
 		TrackReads: []string{instructions.Scope},
-	})
+	}, nil
 }
 
 // withBackend runs fn against the store: through the mount daemon's admin
@@ -323,38 +332,62 @@ func cmdFsck(c *cli.Context) error {
 	if err := wantArgs(c, 0, 0); err != nil {
 		return err
 	}
-	return withBackend(c, func(b api.Backend) error {
-		rep, err := b.Fsck(c.Context, c.Bool("repair"))
-		if err != nil {
+	repair := c.Bool("repair")
+	var rep *store.FsckReport
+	err := withBackend(c, func(b api.Backend) error {
+		var err error
+		rep, err = b.Fsck(c.Context, repair)
+		return err
+	})
+	var ae *api.Error
+	switch {
+	case errors.Is(err, store.ErrIndexDamaged) && repair:
+		// Offline (a daemon does not start on an index it cannot read):
+		// rebuild it from what is left.
+		o, oerr := storeOptions(c)
+		if oerr != nil {
+			return oerr
+		}
+		rep, err = store.RebuildIndex(c.String("store"), o, err)
+	case errors.As(err, &ae) && ae.Code == "index_damaged":
+		return fmt.Errorf("%s (the daemon has it open: unmount first)", ae.Message)
+	}
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		if err := writeJSON(c.App.Writer, rep); err != nil {
 			return err
 		}
-		if c.Bool("json") {
-			if err := writeJSON(c.App.Writer, rep); err != nil {
-				return err
-			}
-		} else {
-			for _, p := range rep.Problems {
-				fmt.Fprintln(c.App.Writer, p.String())
-			}
-			for _, r := range rep.Repairs {
-				fmt.Fprintln(c.App.Writer, "repaired: "+r)
-			}
+	} else {
+		for _, p := range rep.Problems {
+			fmt.Fprintln(c.App.Writer, p.String())
 		}
-		switch {
-		case rep.Clean():
-			if !c.Bool("json") {
-				fmt.Fprintf(c.App.Writer, "fsck: %d entries, %d value files: clean\n", rep.Entries, rep.Blobs)
-			}
-			return nil
-		case c.Bool("repair"):
-			if !c.Bool("json") {
-				fmt.Fprintf(c.App.Writer, "fsck: %d entries, %d value files: %d problems, all repaired\n", rep.Entries, rep.Blobs, len(rep.Problems))
-			}
-			return nil
-		default:
-			return cli.Exit(fmt.Sprintf("fsck: %d problems in %d entries (run 'iriskvfs fsck --repair' to fix)", len(rep.Problems), rep.Entries), exitFailure)
+		for _, r := range rep.Repairs {
+			fmt.Fprintln(c.App.Writer, "repaired: "+r)
 		}
-	})
+		for _, l := range rep.Lost {
+			fmt.Fprintln(c.App.Writer, "lost: "+l)
+		}
+	}
+	switch {
+	case rep.Clean():
+		if !c.Bool("json") {
+			fmt.Fprintf(c.App.Writer, "fsck: %d entries, %d value files: clean\n", rep.Entries, rep.Blobs)
+		}
+		return nil
+	case repair:
+		if !c.Bool("json") {
+			lost := ""
+			if len(rep.Lost) > 0 {
+				lost = fmt.Sprintf(", %d keys lost (listed above)", len(rep.Lost))
+			}
+			fmt.Fprintf(c.App.Writer, "fsck: %d entries, %d value files: %d problems, all repaired%s\n", rep.Entries, rep.Blobs, len(rep.Problems), lost)
+		}
+		return nil
+	default:
+		return cli.Exit(fmt.Sprintf("fsck: %d problems in %d entries (run 'iriskvfs fsck --repair' to fix)", len(rep.Problems), rep.Entries), exitFailure)
+	}
 }
 
 func writeJSON(w io.Writer, v any) error {

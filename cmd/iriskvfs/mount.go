@@ -41,7 +41,13 @@ func mountCommands() []*cli.Command {
 			},
 			Action: cmdMount,
 		},
-		{Name: "unmount", Aliases: []string{"umount"}, Usage: "stop the daemon and unmount", ArgsUsage: "[MOUNTPOINT]", Action: cmdUnmount},
+		{
+			Name: "unmount", Aliases: []string{"umount"}, Usage: "unmount (the daemon then exits)", ArgsUsage: "[MOUNTPOINT]",
+			Flags: []cli.Flag{
+				&cli.BoolFlag{Name: "lazy", Aliases: []string{"l"}, Usage: "if the mount is busy, detach it now; its daemon exits once nothing uses it"},
+			},
+			Action: cmdUnmount,
+		},
 	}
 }
 
@@ -332,9 +338,10 @@ func startDaemon(c *cli.Context, point string) error {
 	}
 }
 
-// cmdUnmount asks the daemon serving the mount to stop (SIGTERM to the
-// store's lock holder) and waits for the mount to go; a dead mount, or one
-// whose daemon does not answer, is detached lazily.
+// cmdUnmount unmounts and waits for the daemon to let go of the store. A
+// busy mount fails at once and keeps being served, unless --lazy detaches
+// it. A mount it may not unmount itself is left to its daemon (SIGTERM); a
+// dead mount, or one whose daemon does not answer, is detached lazily.
 func cmdUnmount(c *cli.Context) error {
 	if err := wantArgs(c, 0, 1); err != nil {
 		return err
@@ -366,7 +373,28 @@ func cmdUnmount(c *cli.Context) error {
 	if mi.Type != fs.FSType {
 		return fmt.Errorf("%s is a %s mount, not iriskvfs", point, mi.Type)
 	}
-	if pid, held := store.LockHolder(mi.Source); held && pid > 0 {
+	pid, held := store.LockHolder(mi.Source)
+	// Unmount it here first: a busy mount is refused at once, with its
+	// reason, and goes on being served; a mount that goes ends its daemon.
+	err = fs.Unmount(point)
+	switch {
+	case err == nil:
+		if held && pid > 0 && !waitReleased(mi.Source, pid, 10*time.Second) {
+			return fmt.Errorf("unmounted %s, but its daemon (pid %d) still holds the store %s after 10s", point, pid, mi.Source)
+		}
+		fmt.Fprintf(c.App.Writer, "unmounted %s\n", point)
+		return nil
+	case errors.Is(err, syscall.EBUSY) && c.Bool("lazy"):
+		if err := fs.LazyUnmount(point); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.App.Writer, "detached %s lazily: its daemon exits once no process uses it\n", point)
+		return nil
+	case errors.Is(err, syscall.EBUSY):
+		return fmt.Errorf("cannot unmount %s: it is busy (a process has its working directory or a file open in it: fuser -vm %s); still mounted and served (--lazy detaches it now)", point, point)
+	}
+	// Not ours to unmount (another user's mount, say): ask its daemon.
+	if held && pid > 0 {
 		if err := syscall.Kill(pid, syscall.SIGTERM); err == nil {
 			deadline := time.Now().Add(10 * time.Second)
 			for time.Now().Before(deadline) {
@@ -387,6 +415,17 @@ func cmdUnmount(c *cli.Context) error {
 	}
 	fmt.Fprintf(c.App.Writer, "detached %s (no daemon answered)\n", point)
 	return nil
+}
+
+// waitReleased waits until the daemon pid has let go of the store in dir
+// (and of its admin socket), so that the next command may open it at once.
+func waitReleased(dir string, pid int, timeout time.Duration) bool {
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if holder, held := store.LockHolder(dir); !held || holder != pid {
+			return true
+		}
+	}
+	return false
 }
 
 // releaseKilledDaemon frees the iriskvfs mount at point (of the store in

@@ -37,6 +37,8 @@ var statusTable = []struct {
 	{store.ErrNoSpace, http.StatusInsufficientStorage, "no_space"},
 	{store.ErrIntegrity, http.StatusInternalServerError, "integrity"},
 	{index.ErrCorruptRecord, http.StatusInternalServerError, "integrity"},
+	{store.ErrIndexDamaged, http.StatusInternalServerError, "index_damaged"},
+	{store.ErrReadOnly, http.StatusServiceUnavailable, "read_only"},
 	{store.ErrLocked, http.StatusServiceUnavailable, "locked"},
 	{store.ErrClosed, http.StatusServiceUnavailable, "closed"},
 }
