@@ -480,9 +480,13 @@ func (k *keyFile) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAt
 
 // truncatePath is truncate(2) on a path: a new value, published at once.
 // The new value is the current one cut or zero-extended; when that current
-// value is this inode's, the inode goes on showing the new one, as the
-// kernel has cut or extended its size and cached pages to match (and so a
-// stat right after the truncate sees the new size).
+// value is this inode's and nobody has it open for reading, the inode goes
+// on showing the new one, as the kernel cuts or extends its size and cached
+// pages to what Setattr answers (and so a stat right after the truncate
+// sees the new size). With readers, the inode keeps the old value and size
+// (cutting them would cut the readers' reads short: a torn value), and the
+// name is invalidated in the background; until then a stat through it shows
+// the old size.
 func (k *keyFile) truncatePath(size int64) syscall.Errno {
 	k.mu.Lock()
 	pending, key := k.pending, k.key
@@ -512,7 +516,7 @@ func (k *keyFile) truncatePath(size int64) syscall.Errno {
 		return k.fs.errno(err)
 	}
 	k.mu.Lock()
-	same := !k.unlinked && !k.superseded && k.entry.Fingerprint == from.Entry.Fingerprint
+	same := !k.unlinked && !k.superseded && k.entry.Fingerprint == from.Entry.Fingerprint && k.readers == 0
 	if same {
 		k.entry = e
 	}

@@ -7,6 +7,7 @@ package fs
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"syscall"
 	"testing"
@@ -168,4 +169,42 @@ func TestOpenOfReplacedValueAgreesWithFstat(t *testing.T) {
 	}
 	release()
 	tm.wantValue(t, "task", "k", cur)
+}
+
+// TestTruncateUnderReaderKeepsItWhole: truncate(2) of a key that another
+// process is reading does not cut that reader's value short. The inode the
+// reader had open used to be made to show the truncated value, and the
+// kernel cut its size and cached pages under the reader, which got a prefix
+// of the old value (neither the old value nor the new one). Found while
+// checking the model's truncate.
+func TestTruncateUnderReaderKeepsItWhole(t *testing.T) {
+	tm := mountStore(t, mountOptions{})
+	p := tm.path("task", "k")
+	old := bytes.Repeat([]byte("abcdefgh"), 100<<10/8)
+	writeFile(t, p, old)
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got := make([]byte, 4096)
+	if _, err := io.ReadFull(f, got); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Truncate(p, 10); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := io.ReadAll(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got = append(got, rest...); !bytes.Equal(got, old) {
+		t.Errorf("the reader got %d bytes, want the whole old value (%d bytes)", len(got), len(old))
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil || st.Size != int64(len(old)) {
+		t.Errorf("fstat of the reader's descriptor: size %d (%v), want %d", st.Size, err, len(old))
+	}
+	tm.m.Settle()
+	tm.wantValue(t, "task", "k", old[:10])
 }

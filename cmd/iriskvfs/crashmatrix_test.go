@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -24,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/iriskvfs/iriskvfs/instructions"
+	"github.com/iriskvfs/iriskvfs/integration/api"
 	"github.com/iriskvfs/iriskvfs/store"
 )
 
@@ -42,13 +44,13 @@ import (
 //	rename       rename over existing keys or not        (a writer process)
 //	unlink       unlink                                  (a writer process)
 //	setxattr     user.iris.content_type, user.iris.ttl   (a writer process)
-//	prune        `iriskvfs prune` over the admin socket, expired entries waiting
-//	seed         `iriskvfs seed` over the admin socket, the sets out of date
-//	fsck-repair  `iriskvfs fsck --repair` over the admin socket, values corrupt
+//	prune        the prune route of the admin socket (`iriskvfs prune`), expired entries waiting
+//	seed         its seed-instructions route (`iriskvfs seed`), the sets out of date
+//	fsck-repair  its fsck?repair=true route (`iriskvfs fsck --repair`), values corrupt
 //	cli-put      `iriskvfs put` without a daemon (offline)
 //
-// Acknowledged means: close (or the syscall) returned 0 in the writer, or
-// the CLI exited 0. The writer announces each change before it starts it
+// Acknowledged means: close (or the syscall) returned 0 in the writer, the
+// admin socket answered 2xx, or the CLI exited 0. The writer announces each change before it starts it
 // and once it returned (lines on stdout, each one write(2)):
 //
 //	ready
@@ -355,8 +357,9 @@ type matrixRun struct {
 	kills, acks    int
 	hung, inFlight int
 	perPath        map[string]int
-	lastAdminAcked bool     // the last admin command returned 0
-	adminMid       int      // admin commands the kill interrupted
+	lastAdminAcked bool // the last admin command returned 0
+	adminMid       int  // admin requests the kill interrupted
+	adminDur       map[string]time.Duration
 	seedKills      int      // r.kills when the sets were made stale
 	corrupt        []string // keys whose values were corrupted for fsck --repair
 }
@@ -375,7 +378,7 @@ func TestCrashMatrix(t *testing.T) {
 	r := &matrixRun{
 		t: t, rng: rand.New(rand.NewPCG(seed, 23)),
 		storeDir: filepath.Join(tmp, "store"), point: filepath.Join(tmp, "mnt"),
-		model: map[string]kstate{}, perPath: map[string]int{},
+		model: map[string]kstate{}, perPath: map[string]int{}, adminDur: map[string]time.Duration{},
 	}
 	start := time.Now()
 	d := mountDaemon(t, r.storeDir, r.point)
@@ -396,7 +399,7 @@ func TestCrashMatrix(t *testing.T) {
 			t.Fatalf("iteration %d (%s) failed (seed %d)", it, path, seed)
 		}
 	}
-	t.Logf("%d kills in %v (%v): %d acknowledged changes, %d kills with a change in flight, %d admin commands cut short, %d that left the daemon unable to exit, %d keys at the end",
+	t.Logf("%d kills in %v (%v): %d acknowledged changes, %d kills with a change in flight, %d admin requests cut short, %d that left the daemon unable to exit, %d keys at the end",
 		r.kills, time.Since(start).Round(time.Millisecond), r.perPath, r.acks, r.inFlight, r.adminMid, r.hung, len(r.model))
 	if r.acks == 0 {
 		t.Fatal("nothing was acknowledged: the test tested nothing")
@@ -837,40 +840,41 @@ func (r *matrixRun) writeKey(key string, b []byte, ttl string) {
 	r.model[key] = st
 }
 
-// adminCommand starts a CLI command that goes through the daemon's socket,
-// kills the daemon after a random delay up to spread, and reports whether
-// the command succeeded.
-func (r *matrixRun) adminCommand(d *daemon, spread time.Duration, args ...string) (acked bool, res cliResult) {
+// adminCall makes a request to the daemon's admin socket (the route the
+// CLI's prune, seed and fsck take) and kills the daemon a random moment
+// into it: the delay is drawn up to the duration of the last such request
+// that completed (first guess: guess), so that most kills land while the
+// daemon works on it. It reports whether the request succeeded.
+func (r *matrixRun) adminCall(d *daemon, path string, guess time.Duration, call func(ctx context.Context, c *api.Client) error) bool {
 	t := r.t
 	t.Helper()
-	cmd := exec.Command(cliPath(t), append([]string{"--store", r.storeDir}, args...)...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	spread := guess
+	if last, ok := r.adminDur[path]; ok {
+		spread = last + last/4
 	}
+	client := api.NewSocketClient(api.SocketPath(r.storeDir))
+	defer client.HTTP.CloseIdleConnections()
 	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	start := time.Now()
+	go func() { done <- call(context.Background(), client) }()
 	select {
 	case err := <-done: // finished before the kill
+		r.adminDur[path] = time.Since(start)
 		r.killDaemon(d)
-		return err == nil, cliResult{stdout: out.String(), stderr: errb.String()}
-	case <-time.After(time.Duration(r.rng.Int64N(int64(spread)))):
+		return err == nil
+	case <-time.After(time.Duration(r.rng.Int64N(int64(spread) + 1))):
 	}
 	r.killDaemon(d)
 	select {
 	case err := <-done:
-		res = cliResult{stdout: out.String(), stderr: errb.String()}
-		if err != nil {
-			res.code = 1
+		if err == nil {
+			r.adminDur[path] = time.Since(start)
 		}
-		return err == nil, res
+		return err == nil
 	case <-time.After(30 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-		t.Fatalf("iriskvfs %s did not end after the daemon was killed", strings.Join(args, " "))
+		t.Fatalf("the %s request did not end after the daemon was killed", path)
 	}
-	return false, res
+	return false
 }
 
 // adminKill kills the daemon in the middle of prune, seed or fsck --repair
@@ -890,8 +894,10 @@ func (r *matrixRun) adminKill(d *daemon, path string) {
 		for i := range 150 {
 			delete(r.model, fmt.Sprintf("exp-%d", i)) // expired: gone either way
 		}
-		acked, res := r.adminCommand(d, 40*time.Millisecond, "prune")
-		r.adminOutcome(path, acked, res)
+		r.adminOutcome(r.adminCall(d, path, 40*time.Millisecond, func(ctx context.Context, c *api.Client) error {
+			_, err := c.Prune(ctx)
+			return err
+		}))
 	case "seed":
 		// The sets are out of date: seed must replace them all.
 		r.seedKills = r.kills
@@ -901,8 +907,10 @@ func (r *matrixRun) adminKill(d *daemon, path string) {
 				t.Fatal(err)
 			}
 		}
-		acked, res := r.adminCommand(d, 30*time.Millisecond, "seed")
-		r.adminOutcome(path, acked, res)
+		r.adminOutcome(r.adminCall(d, path, 30*time.Millisecond, func(ctx context.Context, c *api.Client) error {
+			_, err := c.Seed(ctx, false)
+			return err
+		}))
 	case "fsck-repair":
 		// Values that fail verification, among many fsck must read.
 		for i := range 40 {
@@ -929,8 +937,10 @@ func (r *matrixRun) adminKill(d *daemon, path string) {
 			r.corrupt = append(r.corrupt, key)
 			delete(r.model, key) // checked apart: EIO or gone, never other bytes
 		}
-		acked, res := r.adminCommand(d, 150*time.Millisecond, "fsck", "--repair")
-		r.adminOutcome(path, acked, res)
+		r.adminOutcome(r.adminCall(d, path, 150*time.Millisecond, func(ctx context.Context, c *api.Client) error {
+			_, err := c.Fsck(ctx, true)
+			return err
+		}))
 	}
 }
 
@@ -943,17 +953,13 @@ func xattr(path, name string) (string, error) {
 	return string(buf[:n]), nil
 }
 
-// adminOutcome checks how an admin command ended: 0, or, killed, one line
-// on stderr.
-func (r *matrixRun) adminOutcome(path string, acked bool, res cliResult) {
+// adminOutcome records how an admin request ended.
+func (r *matrixRun) adminOutcome(acked bool) {
 	r.lastAdminAcked = acked
 	if acked {
 		r.acks++
-		return
-	}
-	r.adminMid++
-	if strings.Count(res.stderr, "\n") != 1 || !strings.HasPrefix(res.stderr, "iriskvfs: ") {
-		r.t.Errorf("%s, killed: want one line on stderr, got %q", path, res.stderr)
+	} else {
+		r.adminMid++
 	}
 }
 
