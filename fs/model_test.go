@@ -316,12 +316,6 @@ type mval struct {
 	ttl  string // user.iris.ttl: the scope's unless set
 }
 
-func (v *mval) clone() *mval {
-	c := *v
-	c.data = bytes.Clone(v.data)
-	return &c
-}
-
 // registry records what was published, for the readers' checks: by path,
 // the SHA-256 of every value published there (own keys), or the
 // (writer, seq) of every shared value whose publication returned 0.
@@ -1261,12 +1255,11 @@ func TestModel(t *testing.T) {
 // when replayed alone on a fresh mount, and prints it.
 func shrinkAndReport(t *testing.T, seed uint64, client int, ops []mop) {
 	t.Helper()
-	renamed := renameScope(ops, client)
+	renamed := asClient0(ops)
 	budget := 3 * time.Minute
 	start := time.Now()
 	fails := func(cand []mop) bool {
-		at, d := replayModel(t, cand)
-		_ = at
+		_, d := replayModel(t, cand)
 		return d != ""
 	}
 	if !fails(renamed) {
@@ -1284,16 +1277,15 @@ func shrinkAndReport(t *testing.T, seed uint64, client int, ops []mop) {
 		seed, client, len(min), len(ops), note, at, d, formatOps(min), shellScript(min))
 }
 
-// renameScope is ops as client 0 would run them (shared tmp names aside,
-// ops name keys, not scopes, so nothing changes).
-func renameScope(ops []mop, client int) []mop {
+// asClient0 is ops as client 0 runs them when replayed alone: they name
+// keys, not scopes, except the target of a rename to the shared scope.
+func asClient0(ops []mop) []mop {
 	out := slices.Clone(ops)
 	for i := range out {
 		if out[i].K == mXRename {
 			out[i].To = "x-c0"
 		}
 	}
-	_ = client
 	return out
 }
 
