@@ -80,6 +80,9 @@ type writeHandle struct {
 	failed syscall.Errno
 	// uncounted is set once the handle no longer counts as a writer.
 	uncounted bool
+	// staleName is set when an fsync published a value and the kernel's
+	// name for the key is being invalidated in the background.
+	staleName bool
 }
 
 var (
@@ -215,11 +218,24 @@ func (h *writeHandle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Er
 }
 
 // publish commits the staged value. A file created through the mount is
-// published even if nothing was written (touch makes an empty key).
+// published even if nothing was written (touch makes an empty key), and so
+// is one opened with O_TRUNC (it becomes empty).
 func (h *writeHandle) publish(atClose bool) syscall.Errno {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	k := h.node
+	if atClose {
+		defer func() {
+			// A value an fsync published left the kernel's name to be
+			// invalidated in the background; close waits for it, as for a
+			// value published at close, so that a stat after close never
+			// shows the value before.
+			if h.staleName {
+				h.staleName = false
+				_ = k.dir.NotifyEntry(k.name())
+			}
+		}()
+	}
 	k.mu.Lock()
 	pending, unlinked := k.pending, k.unlinked
 	k.mu.Unlock()
@@ -235,15 +251,17 @@ func (h *writeHandle) publish(atClose bool) syscall.Errno {
 			h.w.Abort()
 			h.w = nil
 		}
-		k.abandoned()
+		k.abandoned(atClose)
 		return h.failed
 	}
-	if h.w == nil && !pending {
+	// open(O_TRUNC) with nothing written after it is a change too: the
+	// key becomes empty (`: > file`).
+	if h.w == nil && !pending && !h.truncated {
 		return 0
 	}
 	w, errno := h.writer()
 	if errno != 0 {
-		k.abandoned()
+		k.abandoned(atClose)
 		return errno
 	}
 	h.w = nil
@@ -254,15 +272,17 @@ func (h *writeHandle) publish(atClose bool) syscall.Errno {
 	}
 	if err := h.lateAttrs(w, pending); err != nil {
 		w.Abort()
-		k.abandoned()
+		k.abandoned(atClose)
 		return k.fs.errno(err)
 	}
 	e, err := w.Commit()
 	if err != nil {
-		k.abandoned()
+		k.abandoned(atClose)
 		return k.fs.errno(err)
 	}
-	k.published(e, atClose)
+	if k.published(e, atClose) {
+		h.staleName = true
+	}
 	return 0
 }
 

@@ -150,8 +150,9 @@ func (k *keyFile) renamed(to string) {
 // truncate) the kernel holds the file's lock, and invalidating the name,
 // which takes the directory's, could deadlock against a rename: it is done
 // in the background, and opens of the old inode still serve a consistent
-// value meanwhile.
-func (k *keyFile) published(e index.Entry, atClose bool) {
+// value meanwhile. It reports whether it left the invalidation to the
+// background.
+func (k *keyFile) published(e index.Entry, atClose bool) (deferred bool) {
 	k.mu.Lock()
 	wasPending := k.pending
 	if wasPending {
@@ -162,21 +163,30 @@ func (k *keyFile) published(e index.Entry, atClose bool) {
 	}
 	k.mu.Unlock()
 	if wasPending {
-		return
+		return false
 	}
 	if atClose {
 		_ = k.dir.NotifyEntry(e.Key)
-	} else {
-		k.fs.invalidateName(k.dir.EmbeddedInode(), e.Key)
+		return false
 	}
+	k.fs.invalidateName(k.dir.EmbeddedInode(), e.Key)
+	return true
 }
 
-// abandoned records that a pending file will never be published.
-func (k *keyFile) abandoned() {
+// abandoned records that a pending file will never be published. From a
+// close, as in published, the kernel forgets the name before close returns:
+// a stat right after the failed close must not find a file the store does
+// not have.
+func (k *keyFile) abandoned(atClose bool) {
 	k.mu.Lock()
 	pending, key := k.pending, k.key
 	k.mu.Unlock()
-	if pending {
+	if !pending {
+		return
+	}
+	if atClose {
+		_ = k.dir.NotifyEntry(key)
+	} else {
 		k.fs.invalidateName(k.dir.EmbeddedInode(), key)
 	}
 }
@@ -322,24 +332,48 @@ func (k *keyFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 		// k.Read and verify the value at the first one.
 		return nil, 0, syscall.ENOSYS
 	}
+	// A reader. Where this inode cannot serve it (a writer has it, or its
+	// value is gone), the open fails with ESTALE once, leaving a retry note:
+	// the kernel then looks the name up again and opens an inode that shows
+	// the key's current value. The retry itself never gets ESTALE.
+	pid, retrying, asWriter := k.dir.retryKind(ctx, k.name())
+	mayRetry := pid != 0 && !(retrying && !asWriter)
 	k.mu.Lock()
 	if k.pending || k.writers > 0 || k.reservedFor != 0 {
-		pending := k.pending
-		k.mu.Unlock()
-		if !pending {
-			k.dir.noteRetry(ctx, k.name(), false)
+		pending, key := k.pending, k.key
+		if pending || mayRetry {
+			k.mu.Unlock()
+			if !pending {
+				k.dir.noteRetry(ctx, key, false)
+			}
+			return nil, 0, syscall.ESTALE
 		}
-		return nil, 0, syscall.ESTALE
+		// The retry found a writer again (one opened the inode the retry
+		// looked up): serve the key's current value, bypassing the inode's
+		// size and pages.
+		k.readers++
+		k.mu.Unlock()
+		k.dir.clearRetry(ctx, key)
+		v, err := k.fs.store.Open(k.scope(), key)
+		if err != nil {
+			k.release(false)
+			return nil, 0, k.fs.errno(err)
+		}
+		return &readHandle{v: v, node: k}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
 	}
 	shown, key := k.entry, k.key
 	k.readers++ // held while opening, so no writer slips in
 	k.mu.Unlock()
-	v, errno := k.openValue(key, shown)
+	v, errno := k.openValue(key, shown, mayRetry)
+	if errno == syscall.ESTALE && mayRetry {
+		k.dir.noteRetry(ctx, key, false)
+	} else {
+		k.dir.clearRetry(ctx, key)
+	}
 	if errno != 0 {
 		k.release(false)
 		return nil, 0, errno
 	}
-	k.dir.clearRetry(ctx, key)
 	if v.Entry.Fingerprint != shown.Fingerprint {
 		// Another value than this inode shows (see openValue): bypass the
 		// inode's size and pages.
@@ -354,17 +388,21 @@ func (k *keyFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 // openValue opens, verified, the value this inode shows. If the key has
 // moved on to another value since, the reader still gets the one it looked
 // up (as after a rename over a file it had resolved) as long as the store
-// has it, or else the key's current value: either is a complete value. A
-// key that is gone fails with ESTALE, and the kernel looks the name up
-// again.
-func (k *keyFile) openValue(key string, shown index.Entry) (*store.Value, syscall.Errno) {
+// has it. If that value is gone, or the key is, the open fails with ESTALE
+// when the caller may retry (mayRetry), and the kernel looks the name up
+// again: the inode it then opens shows the current value, so that fstat,
+// mmap and the reads of one descriptor agree. A retry that raced yet
+// another replacement gets the key's current value on this inode (complete,
+// but fstat shows this inode's size), and one that finds the key gone,
+// ENOENT.
+func (k *keyFile) openValue(key string, shown index.Entry, mayRetry bool) (*store.Value, syscall.Errno) {
 	scope := k.scope()
 	v, err := k.fs.store.Open(scope, key)
 	if err != nil && k.fs.heal(scope, key, err) {
 		return nil, syscall.ESTALE // restored: a new value, on a new inode
 	}
 	switch {
-	case errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, store.ErrNotFound) && mayRetry:
 		return nil, syscall.ESTALE
 	case err != nil:
 		return nil, k.fs.errno(err)
@@ -373,11 +411,16 @@ func (k *keyFile) openValue(key string, shown index.Entry) (*store.Value, syscal
 	}
 	shown.Key = key
 	old, err := k.fs.store.OpenVersion(shown)
-	if err != nil {
-		return v, 0 // the looked-up value is gone: the current one
+	switch {
+	case err == nil:
+		v.Close()
+		return old, 0
+	case mayRetry: // the looked-up value is gone
+		v.Close()
+		return nil, syscall.ESTALE
+	default: // a retry that raced again
+		return v, 0
 	}
-	v.Close()
-	return old, 0
 }
 
 func (k *keyFile) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
@@ -448,9 +491,13 @@ func (k *keyFile) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAt
 
 // truncatePath is truncate(2) on a path: a new value, published at once.
 // The new value is the current one cut or zero-extended; when that current
-// value is this inode's, the inode goes on showing the new one, as the
-// kernel has cut or extended its size and cached pages to match (and so a
-// stat right after the truncate sees the new size).
+// value is this inode's and nobody has it open for reading, the inode goes
+// on showing the new one, as the kernel cuts or extends its size and cached
+// pages to what Setattr answers (and so a stat right after the truncate
+// sees the new size). With readers, the inode keeps the old value and size
+// (cutting them would cut the readers' reads short: a torn value), and the
+// name is invalidated in the background; until then a stat through it shows
+// the old size.
 func (k *keyFile) truncatePath(size int64) syscall.Errno {
 	k.mu.Lock()
 	pending, key := k.pending, k.key
@@ -480,7 +527,7 @@ func (k *keyFile) truncatePath(size int64) syscall.Errno {
 		return k.fs.errno(err)
 	}
 	k.mu.Lock()
-	same := !k.unlinked && !k.superseded && k.entry.Fingerprint == from.Entry.Fingerprint
+	same := !k.unlinked && !k.superseded && k.entry.Fingerprint == from.Entry.Fingerprint && k.readers == 0
 	if same {
 		k.entry = e
 	}

@@ -504,10 +504,13 @@ func (w *Writer) newEntry(now time.Time, fp index.Fingerprint, sniff []byte, old
 	if o.ContentType != "" {
 		e.Flags |= index.FlagContentTypeSet
 	}
-	if o.TTL != 0 {
+	ttlChosen := o.TTL != 0
+	if ttlChosen {
 		e.Flags |= index.FlagTTLSet
 	}
-	if o.Inherit && found {
+	// An expired entry is gone to its users: a key written again after it
+	// expired starts afresh, without the dead entry's attributes.
+	if o.Inherit && found && !old.ExpiredAt(now) {
 		// Only what someone chose is inherited; a guessed content type or
 		// the scope's TTL is worked out afresh for the new value.
 		if e.ContentType == "" && old.Flags&index.FlagContentTypeSet != 0 {
@@ -523,12 +526,13 @@ func (w *Writer) newEntry(now time.Time, fp index.Fingerprint, sniff []byte, old
 		if e.UID == 0 && e.GID == 0 {
 			e.UID, e.GID = old.UID, old.GID
 		}
-		if e.TTL == 0 && old.Flags&index.FlagTTLSet != 0 {
-			e.TTL = old.TTL
+		if !ttlChosen && old.Flags&index.FlagTTLSet != 0 {
+			// A chosen TTL of 0 (never expires) is kept too.
+			e.TTL, ttlChosen = old.TTL, true
 			e.Flags |= index.FlagTTLSet
 		}
 	}
-	if e.TTL == 0 {
+	if !ttlChosen {
 		e.TTL = w.scope.TTL
 	}
 	if e.TTL > 0 {
