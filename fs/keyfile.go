@@ -29,9 +29,9 @@ type keyFile struct {
 
 	mu       sync.Mutex
 	key      string
-	entry    index.Entry // the value shown; zero while pending
-	pending  bool        // created through the mount, not yet published
-	unlinked bool        // removed while open: never publish it
+	entry    shownEntry // the value shown; zero while pending
+	pending  bool       // created through the mount, not yet published
+	unlinked bool       // removed while open: never publish it
 	// superseded is set once the key has a newer value than this inode's.
 	superseded  bool
 	pendingAttr struct{ Mode, UID, GID uint32 }
@@ -73,10 +73,10 @@ var (
 func (k *keyFile) shows(e *index.Entry) bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.pending || k.unlinked || k.superseded || k.entry.Fingerprint != e.Fingerprint {
+	if k.pending || k.unlinked || k.superseded || k.entry.fp != e.Fingerprint {
 		return false
 	}
-	k.entry = *e
+	k.entry = packEntry(e)
 	return true
 }
 
@@ -117,9 +117,9 @@ func (k *keyFile) showsExactly(e *index.Entry) bool {
 	defer k.mu.Unlock()
 	c := &k.entry
 	return !k.pending && !k.unlinked && !k.superseded &&
-		c.Fingerprint == e.Fingerprint && c.Size == e.Size && c.Mode == e.Mode &&
-		c.UID == e.UID && c.GID == e.GID && c.ModTime.Equal(e.ModTime) &&
-		c.CreatedAt.Equal(e.CreatedAt) && c.ExpiresAt.Equal(e.ExpiresAt)
+		c.fp == e.Fingerprint && c.size == e.Size && c.mode == e.Mode &&
+		c.uid == e.UID && c.gid == e.GID && c.modified == packTime(e.ModTime) &&
+		c.created == packTime(e.CreatedAt) && c.expires == packTime(e.ExpiresAt)
 }
 
 func (k *keyFile) scope() string { return k.dir.scope }
@@ -141,7 +141,6 @@ func (k *keyFile) renamed(to string) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.key = to
-	k.entry.Key = to
 }
 
 // published records that a write through this inode published e. From a
@@ -157,7 +156,7 @@ func (k *keyFile) published(e index.Entry, atClose bool) (deferred bool) {
 	wasPending := k.pending
 	if wasPending {
 		// A fresh inode nobody else read: it can show the new value.
-		k.pending, k.entry = false, e
+		k.pending, k.entry = false, packEntry(&e)
 	} else {
 		k.superseded = true
 	}
@@ -199,7 +198,7 @@ func (k *keyFile) refresh() bool {
 		k.mu.Unlock()
 		return false
 	}
-	key, fp := k.key, k.entry.Fingerprint
+	key, fp := k.key, k.entry.fp
 	k.mu.Unlock()
 	e, err := k.fs.store.Lookup(k.scope(), key)
 	if err != nil || e.Fingerprint != fp {
@@ -240,7 +239,7 @@ func (k *keyFile) attrOf(e *index.Entry, size int64, sized bool, out *fuse.Attr)
 // for a path operation).
 func (k *keyFile) fillAttr(out *fuse.Attr, h *writeHandle) {
 	k.mu.Lock()
-	e := k.entry
+	e := k.entry.entry(k.dir.scope, k.key)
 	pending, unlinked := k.pending, k.unlinked
 	pa := k.pendingAttr
 	k.mu.Unlock()
@@ -272,7 +271,7 @@ func (k *keyFile) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.Attr
 	k.fillAttr(&out.Attr, h)
 	if current && !k.writing() && (h == nil || !h.dirty()) {
 		k.mu.Lock()
-		out.SetTimeout(k.fs.timeoutUntil(k.entry.ExpiresAt))
+		out.SetTimeout(k.fs.timeoutUntil(k.entry.expiresAt()))
 		k.mu.Unlock()
 	} else {
 		out.SetTimeout(noCache)
@@ -361,7 +360,7 @@ func (k *keyFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 		}
 		return &readHandle{v: v, node: k}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
 	}
-	shown, key := k.entry, k.key
+	shown, key := k.entry.entry(k.dir.scope, k.key), k.key
 	k.readers++ // held while opening, so no writer slips in
 	k.mu.Unlock()
 	v, errno := k.openValue(key, shown, mayRetry)
@@ -527,9 +526,9 @@ func (k *keyFile) truncatePath(size int64) syscall.Errno {
 		return k.fs.errno(err)
 	}
 	k.mu.Lock()
-	same := !k.unlinked && !k.superseded && k.entry.Fingerprint == from.Entry.Fingerprint && k.readers == 0
+	same := !k.unlinked && !k.superseded && k.entry.fp == from.Entry.Fingerprint && k.readers == 0
 	if same {
-		k.entry = e
+		k.entry = packEntry(&e)
 	}
 	k.mu.Unlock()
 	if !same {
@@ -560,7 +559,7 @@ func (k *keyFile) xattrs() ([]string, map[string]string, syscall.Errno) {
 	}
 	k.refresh()
 	k.mu.Lock()
-	e := k.entry
+	e := k.entry.entry(k.dir.scope, k.key)
 	k.mu.Unlock()
 	vals := map[string]string{
 		xattrFingerprint: hex.EncodeToString(e.Fingerprint[:]),

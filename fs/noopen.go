@@ -147,10 +147,9 @@ func (k *keyFile) pinned() (*store.Value, syscall.Errno) {
 		v.Close()
 	}
 	k.mu.Lock()
-	e, key := k.entry, k.key
+	e, key := k.entry.entry(k.dir.scope, k.key), k.key
 	k.mu.Unlock()
 	scope := k.scope()
-	e.Scope, e.Key = scope, key
 	v, err := k.fs.store.OpenVersion(e)
 	if err != nil && k.fs.heal(scope, key, err) {
 		// Restored: the same bytes are readable again, or the key has

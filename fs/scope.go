@@ -267,7 +267,7 @@ func (d *scopeDir) versionInode(ctx context.Context, name string, e *index.Entry
 			return ch
 		}
 	}
-	kf := &keyFile{fs: d.fs, dir: d, key: name, entry: *e}
+	kf := &keyFile{fs: d.fs, dir: d, key: name, entry: packEntry(e)}
 	if forWrite {
 		kf.reservedFor = pid
 	}
