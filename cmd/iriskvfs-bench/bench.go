@@ -81,8 +81,13 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // target its figures for the repetition; a failure of iriskvfs or of the
 // native side stops the run.
 func isPeer(t *target) bool {
-	return t.name == tLoopback || t.name == tGocrypt || t.name == tRclone
+	return t.name == tLoopback || t.name == tLoopExt4 || t.name == tGocrypt || t.name == tRclone
 }
+
+// measuresDaemon: mount time and RSS are reported for iriskvfs over the
+// 100k-key store and for the peers serving the 100k-file tree, not for
+// the helper mounts (a small store, an empty directory).
+func measuresDaemon(t *target) bool { return t.name != tIrisRO && t.name != tLoopExt4 }
 
 // try runs fn for t unless t already failed in this repetition.
 func (b *bench) try(t *target, what string, fn func() error) error {
@@ -128,8 +133,9 @@ func (b *bench) target(name string) *target {
 var (
 	readTargets  = []string{tTmpfs, tIris, tLoopback, tGocrypt, tRclone}
 	hotTargets   = []string{tTmpfs, tIris, tIrisRO, tLoopback, tGocrypt, tRclone}
-	writeTargets = []string{tTmpfs, tExt4, tExt4Dir, tIris, tLoopback, tGocrypt, tRclone}
-	fuseTargets  = []string{tIris, tIrisRO, tLoopback, tGocrypt, tRclone}
+	coldTargets  = append([]string{tExt4}, hotTargets...)
+	writeTargets = []string{tTmpfs, tExt4, tExt4Dir, tIris, tLoopback, tLoopExt4, tGocrypt, tRclone}
+	fuseTargets  = []string{tIris, tIrisRO, tLoopback, tLoopExt4, tGocrypt, tRclone}
 )
 
 // settle waits until a daemon is idle (under 5 % of a CPU over 200 ms; the
@@ -211,7 +217,7 @@ func (b *bench) rep(r int) error {
 			if err != nil {
 				return err
 			}
-			if t.name != tIrisRO { // a small store: not comparable
+			if measuresDaemon(t) {
 				res.set("mount", t.name, r, ms(d))
 			}
 			if _, ok := res.readAhead[t.name]; !ok {
@@ -224,7 +230,7 @@ func (b *bench) rep(r int) error {
 	}
 	for _, t := range b.pick(fuseTargets...) {
 		s := settle(t.m.daemonPid(), 20*time.Second)
-		if t.name == tIrisRO {
+		if !measuresDaemon(t) {
 			continue
 		}
 		if t.name == tIris {
@@ -261,7 +267,7 @@ func (b *bench) rep(r int) error {
 	// 7. Memory at the end: iriskvfs after filling its LRU (32 MiB of
 	// verified values).
 	for _, t := range b.pick(fuseTargets...) {
-		if t.name == tIrisRO {
+		if !measuresDaemon(t) {
 			continue
 		}
 		if err := b.try(t, "RSS at the end", func() error {
@@ -299,7 +305,7 @@ func (b *bench) rep(r int) error {
 			b.res.errs[t.name] = append(b.res.errs[t.name], err.Error())
 			continue
 		}
-		if t.name != tIrisRO {
+		if measuresDaemon(t) {
 			res.set("unmount", t.name, r, ms(d))
 		}
 	}
@@ -313,7 +319,13 @@ func (b *bench) rep(r int) error {
 			}
 		}
 	}
-	return os.RemoveAll(b.target(tExt4).root)
+	le := b.target(tLoopExt4).m.(*procMount).argv[1]
+	for _, p := range []string{filepath.Dir(b.target(tExt4).writeDir), filepath.Join(le, writeScope), filepath.Join(le, writeScope+".tmp")} {
+		if err := os.RemoveAll(p); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // cleanWrites removes what workloads 4 and 6 wrote, through the mounts.
@@ -358,7 +370,7 @@ func (b *bench) cleanWrites() error {
 func (b *bench) coldReads(r int) error {
 	sz := b.o.sz
 	buf := make([]byte, 64<<10)
-	for _, t := range b.pick(hotTargets...) {
+	for _, t := range b.pick(coldTargets...) {
 		b.quiet()
 		if err := b.try(t, "cold read", func() error {
 			if err := b.dropCaches(); err != nil {

@@ -147,7 +147,7 @@ func prepareFixture(dir string, sz sizes, fresh, readOnly bool) (*fixture, bool,
 	name := fmt.Sprintf("fixture-%d", sz.keys)
 	if readOnly {
 		marker = fixtureMarker{Version: fixtureVersion, HotSize: sz.hotSize, Cold: sz.cold, ReadOnly: true}
-		name = "fixture-ro"
+		name = fmt.Sprintf("fixture-ro-%d", sz.cold)
 	}
 	fdir := filepath.Join(dir, name)
 	fx := &fixture{dir: fdir, storeDir: filepath.Join(fdir, "store"), config: filepath.Join(fdir, "config.yaml"), hot: hotValue(sz.hotSize)}
@@ -358,13 +358,8 @@ func writeTree(root string, sz sizes, workers int) error {
 	if err := write(hotRel, hotValue(sz.hotSize)); err != nil {
 		return err
 	}
-	for i := 0; i < sz.cold; i++ {
-		if err := write(coldOrcRel(i), coldValue(coldOrcKey(i), sz.hotSize)); err != nil {
-			return err
-		}
-		if err := write(coldCatRel(i), coldValue(coldCatKey(i), sz.hotSize)); err != nil {
-			return err
-		}
+	if err := writeColdFiles(root, sz); err != nil {
+		return err
 	}
 	for i := 0; i < sz.mixInstr; i++ {
 		if err := write(hotScope+"/"+mixInstrKey(i), mixInstrValue(i, sz.mixInstr)); err != nil {
@@ -388,6 +383,23 @@ func writeTree(root string, sz sizes, workers int) error {
 	return parallel(sz.keys, workers, func(i int) error {
 		return write(listRel+"/"+listKey(i), keyValue(i, sz.keySize))
 	})
+}
+
+// writeColdFiles writes the cold-read files under root (the ext4
+// reference has only these).
+func writeColdFiles(root string, sz sizes) error {
+	if err := os.MkdirAll(filepath.Join(root, hotScope), 0o755); err != nil {
+		return err
+	}
+	for i := 0; i < sz.cold; i++ {
+		if err := os.WriteFile(filepath.Join(root, coldOrcRel(i)), coldValue(coldOrcKey(i), sz.hotSize), 0o644); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(root, coldCatRel(i)), coldValue(coldCatKey(i), sz.hotSize), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // mountTmpfs mounts a tmpfs at dir; the cleanup unmounts it.

@@ -287,7 +287,7 @@ func run(o *options) error {
 	mntBase := filepath.Join(dir, "mnt")
 	tmpfsDir := filepath.Join(dir, "tmpfs")
 	mnt := func(name string) string { return filepath.Join(mntBase, name) }
-	points := []string{mnt(tIris), mnt(tIrisRO), mnt(tLoopback), mnt(tGocrypt), mnt(tRclone)}
+	points := []string{mnt(tIris), mnt(tIrisRO), mnt(tLoopback), mnt(tLoopExt4), mnt(tGocrypt), mnt(tRclone)}
 	if err := clearLeftovers(bin, points, tmpfsDir); err != nil {
 		return err
 	}
@@ -321,6 +321,14 @@ func run(o *options) error {
 	if !sameDevice(fx.storeDir, dir) {
 		return fmt.Errorf("the store %s and the native write dir %s are not on the same device", fx.storeDir, ext4Dir)
 	}
+	ext4Tree := filepath.Join(dir, "ext4-tree")
+	if err := writeColdFiles(ext4Tree, o.sz); err != nil {
+		return err
+	}
+	loopExt4 := filepath.Join(dir, "loopback-ext4")
+	if err := os.MkdirAll(loopExt4, 0o755); err != nil {
+		return err
+	}
 
 	// The targets. Tree-backed ones write under names of their own.
 	treeTarget := func(name, root string, m mounter, desc string) *target {
@@ -330,9 +338,9 @@ func run(o *options) error {
 	}
 	ts := []*target{
 		treeTarget(tTmpfs, tree, nil, "native tmpfs, the same files (the physical limit)"),
-		{name: tExt4, root: ext4Dir, desc: "native ext4, the store's disk: write+fsync+close+rename (the contract's pairing for writes)",
+		{name: tExt4, root: ext4Tree, desc: "native ext4, the store's disk: the cold reads (the same files) and write+fsync+close+rename (the contract's pairing for writes)",
 			writeDir: filepath.Join(ext4Dir, "a"), tmpDir: filepath.Join(ext4Dir, "tmp")},
-		{name: tExt4Dir, root: ext4Dir, desc: "the same plus fsync of the directory (what a store put guarantees)",
+		{name: tExt4Dir, root: ext4Tree, desc: "the same writes plus fsync of the directory (what a store put guarantees)",
 			writeDir: filepath.Join(ext4Dir, "b"), tmpDir: filepath.Join(ext4Dir, "tmp"), syncDir: true},
 		{name: tIris, root: mnt(tIris), iris: true, desc: "`iriskvfs mount --daemon` of the store fixture on ext4",
 			m: &irisMount{bin: bin, fx: fx, mnt: mnt(tIris)}, writeDir: filepath.Join(mnt(tIris), writeScope), mixDir: filepath.Join(mnt(tIris), mixScope)},
@@ -341,6 +349,10 @@ func run(o *options) error {
 		treeTarget(tLoopback, mnt(tLoopback), &procMount{name: tLoopback, fstype: "fuse.loopback", mnt: mnt(tLoopback),
 			argv: []string{self, tree, mnt(tLoopback)}, env: []string{roleEnv + "=loopback"}, logPath: filepath.Join(dir, "loopback.log")},
 			"go-fuse "+info.goFuse+" `fs.NewLoopbackRoot` over the tmpfs tree, served by this program; "+loopbackOptionsText),
+		{name: tLoopExt4, root: mnt(tLoopExt4), desc: "the same loopback over a directory on the store's ext4, for the durable writes only (write+fsync+close+rename through it: the floor of a durable Go FUSE write)",
+			m: &procMount{name: tLoopExt4, fstype: "fuse.loopback", mnt: mnt(tLoopExt4),
+				argv: []string{self, loopExt4, mnt(tLoopExt4)}, env: []string{roleEnv + "=loopback"}, logPath: filepath.Join(dir, "loopback.log")},
+			writeDir: filepath.Join(mnt(tLoopExt4), writeScope), tmpDir: filepath.Join(mnt(tLoopExt4), writeScope+".tmp")},
 	}
 	if p := peers[tGocrypt]; p.skip == "" {
 		gt, err := setupGocryptfs(p, dir, tmpfsDir, mnt(tGocrypt), o.sz)

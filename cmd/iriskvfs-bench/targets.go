@@ -24,6 +24,7 @@ const (
 	tIris     = "iriskvfs"
 	tIrisRO   = "iriskvfs-ro" // workloads 1 and 2 only
 	tLoopback = "loopback"
+	tLoopExt4 = "loopback-ext4" // durable writes only
 	tGocrypt  = "gocryptfs"
 	tRclone   = "rclone"
 )
