@@ -1,145 +1,156 @@
 package main
 
 import (
-	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
+	"slices"
 	"strings"
-	"syscall"
 	"time"
 )
 
 // bench is one run.
 type bench struct {
-	o   *options
-	bin string
-	mnt string
-	fx  *fixture
-	nat *native
-	res *results
-	rng *rand.Rand
-
-	pid     int  // the daemon mounted now, 0 if none
-	cleaned bool // the unmount cleanup is registered
+	o        *options
+	bin      string
+	fx, fxRO *fixture
+	ts       []*target
+	info     machine
+	peers    map[string]peer
+	res      *results
+	rng      *rand.Rand
+	nonce    uint64 // makes every written value of this run distinct
+	drops    int    // drop_caches this run made
 }
 
-// results holds every figure of every repetition, by metric name.
+// results holds every figure of every repetition: metric → target → one
+// value per repetition (NaN where there is none).
 type results struct {
-	vals                 map[string][]float64
+	reps                 int
+	vals                 map[string]map[string][]float64
+	errs                 map[string][]string // target → what failed
 	started              time.Time
 	elapsed              time.Duration
 	loadStart, loadEnd   string
 	loads                []float64
 	slabStart, slabEnd   int64
-	readAhead            string
+	readAhead            map[string]string
 	listEntries          int
 	hotEntries, hotBytes int64
+	mixOps               map[string]int // operations of each kind in the trace
 	rt                   []rtCount
+	rtRO                 []rtCount
 	rtMount              time.Duration
 }
 
-func newResults() *results { return &results{vals: map[string][]float64{}} }
+func newResults(reps int) *results {
+	return &results{reps: reps, vals: map[string]map[string][]float64{}, errs: map[string][]string{}, readAhead: map[string]string{}}
+}
 
-func (r *results) add(name string, v float64) { r.vals[name] = append(r.vals[name], v) }
+func (r *results) set(metric, target string, rep int, v float64) {
+	m := r.vals[metric]
+	if m == nil {
+		m = map[string][]float64{}
+		r.vals[metric] = m
+	}
+	s := m[target]
+	if s == nil {
+		s = make([]float64, r.reps)
+		for i := range s {
+			s[i] = math.NaN()
+		}
+		m[target] = s
+	}
+	s[rep] = v
+}
+
+func (r *results) get(metric, target string) []float64 { return r.vals[metric][target] }
+
+// mb converts kB (as /proc shows them) to MB (10^6 bytes).
+func mb(kb int64) float64 { return float64(kb) * 1024 / 1e6 }
 
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-var pidRE = regexp.MustCompile(`daemon pid (\d+)`)
-
-// mount starts `iriskvfs mount --daemon` on the fixture and returns once
-// it does (the daemon has answered a request through the mount).
-func (b *bench) mount(debug bool) (time.Duration, error) {
-	if !b.cleaned {
-		cleanup.add(b.forceUnmount)
-		b.cleaned = true
-	}
-	args := []string{"--store", b.fx.storeDir, "--config", b.fx.config, "mount", "--daemon"}
-	if debug {
-		args = append(args, "--debug")
-	}
-	args = append(args, b.mnt)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, b.bin, args...)
-	cmd.Env = childEnv()
-	t0 := time.Now()
-	out, err := cmd.CombinedOutput()
-	d := time.Since(t0)
-	if err != nil {
-		return 0, fmt.Errorf("iriskvfs %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-	}
-	m := pidRE.FindSubmatch(out)
-	if m == nil {
-		return 0, fmt.Errorf("no daemon pid in %q", out)
-	}
-	b.pid, _ = strconv.Atoi(string(m[1]))
-	return d, nil
+// isPeer: a failure of a peer (or of the loopback helper) costs that
+// target its figures for the repetition; a failure of iriskvfs or of the
+// native side stops the run.
+func isPeer(t *target) bool {
+	return t.name == tLoopback || t.name == tLoopExt4 || t.name == tGocrypt || t.name == tRclone
 }
 
-// unmount runs `iriskvfs unmount`, which stops the daemon and waits for
-// the mount to go and the store to be released.
-func (b *bench) unmount() (time.Duration, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, b.bin, "unmount", b.mnt)
-	cmd.Env = childEnv()
-	t0 := time.Now()
-	out, err := cmd.CombinedOutput()
-	d := time.Since(t0)
-	if err != nil {
-		return 0, fmt.Errorf("iriskvfs unmount %s: %w: %s", b.mnt, err, strings.TrimSpace(string(out)))
+// measuresDaemon: mount time and RSS are reported for iriskvfs over the
+// 100k-key store and for the peers serving the 100k-file tree, not for
+// the helper mounts (a small store, an empty directory).
+func measuresDaemon(t *target) bool { return t.name != tIrisRO && t.name != tLoopExt4 }
+
+// try runs fn for t unless t already failed in this repetition.
+func (b *bench) try(t *target, what string, fn func() error) error {
+	if t.failed != "" {
+		return nil
 	}
-	b.pid = 0
-	return d, nil
+	err := fn()
+	if err == nil {
+		return nil
+	}
+	err = fmt.Errorf("%s, %s: %w", t.name, what, err)
+	if !isPeer(t) {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "iriskvfs-bench: %v (no more figures for %s in this repetition)\n", err, t.name)
+	t.failed = err.Error()
+	b.res.errs[t.name] = append(b.res.errs[t.name], err.Error())
+	return nil
 }
 
-// forceUnmount is the cleanup: whatever state the mount is in, it goes,
-// and the daemon this run started stops.
-func (b *bench) forceUnmount() {
-	if t, ok := mountedType(b.mnt); ok {
-		if _, err := b.unmount(); err != nil {
-			fmt.Fprintf(os.Stderr, "%v; detaching %s\n", err, b.mnt)
-			if t == "fuse.iriskvfs" {
-				_ = syscall.Unmount(b.mnt, syscall.MNT_FORCE) // aborts the connection
-			}
-			_ = syscall.Unmount(b.mnt, syscall.MNT_DETACH)
+// pick returns the runnable targets with the given names, in a freshly
+// shuffled order.
+func (b *bench) pick(names ...string) []*target {
+	var out []*target
+	for _, t := range b.ts {
+		if t.skip == "" && t.failed == "" && slices.Contains(names, t.name) {
+			out = append(out, t)
 		}
 	}
-	if b.pid > 0 {
-		pid := b.pid
-		b.pid = 0
-		if syscall.Kill(pid, 0) == nil {
-			_ = syscall.Kill(pid, syscall.SIGTERM)
-			for i := 0; i < 100 && syscall.Kill(pid, 0) == nil; i++ {
-				time.Sleep(50 * time.Millisecond)
-			}
-			if syscall.Kill(pid, 0) == nil {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-	}
+	b.rng.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	return out
 }
 
-// settle waits until the daemon is idle (under 5 % of a CPU over 200 ms;
-// the store sweeps its blob files in the background after it opens), at
-// most max, and returns how long that took.
-func (b *bench) settle(max time.Duration) time.Duration {
+func (b *bench) target(name string) *target {
+	for _, t := range b.ts {
+		if t.name == name {
+			return t
+		}
+	}
+	return nil
+}
+
+var (
+	readTargets  = []string{tTmpfs, tIris, tLoopback, tGocrypt, tRclone}
+	hotTargets   = []string{tTmpfs, tIris, tIrisRO, tLoopback, tGocrypt, tRclone}
+	coldTargets  = append([]string{tExt4}, hotTargets...)
+	writeTargets = []string{tTmpfs, tExt4, tExt4Dir, tIris, tLoopback, tLoopExt4, tGocrypt, tRclone}
+	fuseTargets  = []string{tIris, tIrisRO, tLoopback, tLoopExt4, tGocrypt, tRclone}
+)
+
+// settle waits until a daemon is idle (under 5 % of a CPU over 200 ms; the
+// store sweeps its blob files in the background after it opens), at most
+// max, and returns how long that took.
+func settle(pid int, max time.Duration) time.Duration {
 	const step = 200 * time.Millisecond
 	t0 := time.Now()
-	prev, err := cpuTicks(b.pid)
+	prev, err := cpuTicks(pid)
 	if err != nil {
 		return 0
 	}
 	for time.Since(t0) < max {
 		time.Sleep(step)
-		cur, err := cpuTicks(b.pid)
+		cur, err := cpuTicks(pid)
 		if err != nil {
 			break
 		}
@@ -151,152 +162,310 @@ func (b *bench) settle(max time.Duration) time.Duration {
 	return time.Since(t0)
 }
 
-func (b *bench) fusePath(scope, key string) string { return filepath.Join(b.mnt, scope, key) }
-
-// both runs the native and the iriskvfs side of a measurement, native first
-// on even repetitions and iriskvfs first on odd ones.
-func both(nativeFirst bool, nat, fuse func() error) error {
-	first, second := nat, fuse
-	if !nativeFirst {
-		first, second = fuse, nat
+// quiet waits (at most 5 s) until every mounted daemon is idle, so that
+// what one target's daemon still does after a measurement (garbage
+// collection, asynchronous FORGET and RELEASE) does not take a CPU from
+// the next target's.
+func (b *bench) quiet() {
+	var pids []int
+	for _, t := range b.ts {
+		if t.m != nil && t.skip == "" && t.failed == "" {
+			if pid := t.m.daemonPid(); pid > 0 {
+				pids = append(pids, pid)
+			}
+		}
 	}
-	if err := first(); err != nil {
-		return err
+	const step = 200 * time.Millisecond
+	prev := make([]int64, len(pids))
+	for i, pid := range pids {
+		prev[i], _ = cpuTicks(pid)
 	}
-	return second()
+	for t0 := time.Now(); time.Since(t0) < 5*time.Second; {
+		time.Sleep(step)
+		idle := true
+		for i, pid := range pids {
+			cur, err := cpuTicks(pid)
+			if err == nil && cur-prev[i] > 1 { // clock ticks are 10 ms
+				idle = false
+			}
+			prev[i] = cur
+		}
+		if idle {
+			return
+		}
+	}
 }
 
 func (b *bench) rep(r int) error {
-	sz := b.o.sz
 	res := b.res
-	nativeFirst := r%2 == 0
 	res.loads = append(res.loads, load1())
-	big := make([]byte, 1<<20)
+	for _, t := range b.ts {
+		t.failed = ""
+	}
+	defer func() {
+		for _, t := range b.ts {
+			if t.m != nil {
+				_, _ = t.m.unmount()
+			}
+		}
+	}()
 
-	// The host page cache: artifact A's blob cached (the first read through
-	// the mount then costs the verification and the copy through the
-	// daemon), artifact B's evicted (it costs the disk too).
+	// 7. Mount every FUSE target with a fresh daemon.
+	for _, t := range b.pick(fuseTargets...) {
+		if err := b.try(t, "mount", func() error {
+			d, err := t.m.mount()
+			if err != nil {
+				return err
+			}
+			if measuresDaemon(t) {
+				res.set("mount", t.name, r, ms(d))
+			}
+			if _, ok := res.readAhead[t.name]; !ok {
+				res.readAhead[t.name] = readAheadKB(t.root)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	for _, t := range b.pick(fuseTargets...) {
+		s := settle(t.m.daemonPid(), 20*time.Second)
+		if !measuresDaemon(t) {
+			continue
+		}
+		if t.name == tIris {
+			res.set("settle", t.name, r, ms(s))
+		}
+		if err := b.try(t, "RSS", func() error {
+			rss, _, err := memKB(t.m.daemonPid())
+			res.set("rss.mount", t.name, r, mb(rss))
+			return err
+		}); err != nil {
+			return err
+		}
+	}
+
+	steps := []struct {
+		name string
+		fn   func(int) error
+	}{
+		{"cold reads", b.coldReads},
+		{"large reads", b.largeReads},
+		{"listings", b.listings},
+		{"hot reads", b.hotReads},
+		{"writes", b.writes},
+		{"mixed workload", b.mixed},
+	}
+	for _, s := range steps {
+		t0 := time.Now()
+		if err := s.fn(r); err != nil {
+			return err
+		}
+		fmt.Printf("  %s: %v\n", s.name, time.Since(t0).Round(10*time.Millisecond))
+	}
+
+	// 7. Memory at the end: iriskvfs after filling its LRU (32 MiB of
+	// verified values).
+	for _, t := range b.pick(fuseTargets...) {
+		if !measuresDaemon(t) {
+			continue
+		}
+		if err := b.try(t, "RSS at the end", func() error {
+			if t.name == tIris {
+				big := make([]byte, 1<<20)
+				for _, k := range b.fx.lruKeys {
+					if _, err := openReadClose(t.path(lruScope+"/"+k), 1, big); err != nil {
+						return err
+					}
+				}
+				b.readStats(t)
+			}
+			rss, hwm, err := memKB(t.m.daemonPid())
+			if err != nil {
+				return err
+			}
+			res.set("rss.end", t.name, r, mb(rss))
+			res.set("hwm.end", t.name, r, mb(hwm))
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+
+	// Clean up what the writes left, then unmount.
+	if err := b.cleanWrites(); err != nil {
+		return err
+	}
+	for _, t := range b.pick(fuseTargets...) {
+		d, err := t.m.unmount()
+		if err != nil {
+			if !isPeer(t) {
+				return fmt.Errorf("%s: %w", t.name, err)
+			}
+			b.res.errs[t.name] = append(b.res.errs[t.name], err.Error())
+			continue
+		}
+		if measuresDaemon(t) {
+			res.set("unmount", t.name, r, ms(d))
+		}
+	}
+	// Tree-backed peers wrote into the tmpfs tree: remove it there too
+	// (after a failure, the mount may have been gone).
+	tree := b.target(tTmpfs).root
+	for _, name := range []string{tTmpfs, tLoopback, tRclone} {
+		for _, p := range []string{filepath.Join(tree, writeScope, name), filepath.Join(tree, writeScope, name+".tmp"), filepath.Join(tree, mixScope, "mix-"+name)} {
+			if err := os.RemoveAll(p); err != nil {
+				return err
+			}
+		}
+	}
+	le := b.target(tLoopExt4).m.(*procMount).argv[1]
+	for _, p := range []string{filepath.Dir(b.target(tExt4).writeDir), filepath.Join(le, writeScope), filepath.Join(le, writeScope+".tmp")} {
+		if err := os.RemoveAll(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// cleanWrites removes what workloads 4 and 6 wrote, through the mounts.
+func (b *bench) cleanWrites() error {
+	for _, t := range b.pick(tIris, tGocrypt) {
+		if err := b.try(t, "removing the written files", func() error {
+			if t.iris {
+				cmd := exec.Command(b.bin, "--store", b.fx.storeDir, "--config", b.fx.config, "clear", writeScope)
+				cmd.Env = childEnv()
+				if out, err := cmd.CombinedOutput(); err != nil {
+					return fmt.Errorf("iriskvfs clear %s: %v: %s", writeScope, err, strings.TrimSpace(string(out)))
+				}
+				ents, err := os.ReadDir(t.mixDir)
+				if err != nil {
+					return err
+				}
+				for _, e := range ents {
+					if strings.HasPrefix(e.Name(), "mix-c") {
+						if err := os.Remove(filepath.Join(t.mixDir, e.Name())); err != nil {
+							return err
+						}
+					}
+				}
+				return nil
+			}
+			for _, d := range []string{t.writeDir, t.tmpDir, t.mixDir} {
+				if err := os.RemoveAll(d); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// 2. Cold reads: for each target, drop the kernel's caches (the mount's
+// daemon is fresh), then open+read+close distinct 20 KB files never read
+// since the mount; drop again, then cat other such files.
+func (b *bench) coldReads(r int) error {
+	sz := b.o.sz
+	buf := make([]byte, 64<<10)
+	for _, t := range b.pick(coldTargets...) {
+		b.quiet()
+		if err := b.try(t, "cold read", func() error {
+			if err := b.dropCaches(); err != nil {
+				return err
+			}
+			t0 := time.Now()
+			for i := 0; i < sz.cold; i++ {
+				if _, err := openReadClose(t.path(coldOrcRel(i)), 1, buf); err != nil {
+					return err
+				}
+			}
+			b.res.set("cold.orc", t.name, r, us(time.Since(t0))/float64(sz.cold))
+			if err := b.dropCaches(); err != nil {
+				return err
+			}
+			devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+			if err != nil {
+				return err
+			}
+			defer devnull.Close()
+			ds := make([]time.Duration, 0, sz.cold)
+			for i := 0; i < sz.cold; i++ {
+				d, err := catOnce(t.path(coldCatRel(i)), devnull)
+				if err != nil {
+					return err
+				}
+				ds = append(ds, d)
+			}
+			b.res.set("cold.cat", t.name, r, ms(medianDuration(ds)))
+			for i := 0; i < sz.cold; i++ {
+				if err := checkContent(t.path(coldOrcRel(i)), coldValue(coldOrcKey(i), sz.hotSize)); err != nil {
+					return err
+				}
+				if err := checkContent(t.path(coldCatRel(i)), coldValue(coldCatKey(i), sz.hotSize)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *bench) dropCaches() error {
+	b.drops++
+	return dropCaches()
+}
+
+func medianDuration(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// 3. Large sequential reads, 1 MiB buffers: the first after the mount and a
+// repeat. For iriskvfs the blob of the value read is in the host page
+// cache first (so the figure is the daemon's, not the disk's); then a
+// second value whose blob was evicted, against that blob file read
+// directly.
+func (b *bench) largeReads(r int) error {
+	sz := b.o.sz
+	big := make([]byte, 1<<20)
 	if _, err := seqRead(b.fx.blobA, sz.bigSize, big); err != nil {
 		return err
 	}
 	if err := dropFileCache(b.fx.blobB); err != nil {
 		return err
 	}
-
-	// 6. Mount time with 100k keys.
-	d, err := b.mount(false)
-	if err != nil {
-		return err
-	}
-	res.add("mount", ms(d))
-	res.add("settle", ms(b.settle(20*time.Second)))
-	if res.readAhead == "" {
-		res.readAhead = readAheadKB(b.mnt)
-	}
-	rss, _, err := memKB(b.pid)
-	if err != nil {
-		return err
-	}
-	res.add("rss.mount", float64(rss)/1024)
-
-	// 4. ls -l equivalent of 100k keys: first listing after the mount,
-	// then a second one; then ls -l itself.
-	fuseList := filepath.Join(b.mnt, listScope)
-	var nl, fl listing
-	for _, pass := range []string{"1", "2"} {
-		err := both(nativeFirst,
-			func() (err error) { nl, err = lsl(b.nat.listDir); return },
-			func() (err error) { fl, err = lsl(fuseList); return })
-		if err != nil {
-			return err
-		}
-		if nl.entries != sz.keys || fl.entries != sz.keys+1 { // + _index.json
-			return fmt.Errorf("listed %d native and %d iriskvfs entries, want %d and %d", nl.entries, fl.entries, sz.keys, sz.keys+1)
-		}
-		res.listEntries = fl.entries
-		res.add("ls.tmpfs."+pass, ms(nl.total))
-		res.add("ls.fuse."+pass, ms(fl.total))
-		res.add("ls.fuse.index."+pass, ms(fl.index))
-		res.add("ls.fuse.noindex."+pass, ms(fl.total-fl.index))
-	}
-	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
-	if err != nil {
-		return err
-	}
-	defer devnull.Close()
-	var nd, fd time.Duration
-	err = both(nativeFirst,
-		func() (err error) { nd, err = lsProcess(b.nat.listDir, devnull); return },
-		func() (err error) { fd, err = lsProcess(fuseList, devnull); return })
-	if err != nil {
-		return err
-	}
-	res.add("lsproc.tmpfs", ms(nd))
-	res.add("lsproc.fuse", ms(fd))
-	if rss, _, err = memKB(b.pid); err != nil {
-		return err
-	}
-	res.add("rss.listing", float64(rss)/1024)
-
-	// 1. Hot small read: open+read+close of the 20 KB file in a loop.
-	fuseHot := b.fusePath(hotScope, hotKey)
-	for _, p := range []string{b.nat.hot, fuseHot} {
-		if err := checkContent(p, b.fx.hot); err != nil {
+	for _, t := range b.pick(readTargets...) {
+		b.quiet()
+		if err := b.try(t, "large read", func() error {
+			first, err := seqRead(t.path(bigRel), sz.bigSize, big)
+			if err != nil {
+				return err
+			}
+			again, err := seqRead(t.path(bigRel), sz.bigSize, big)
+			if err != nil {
+				return err
+			}
+			b.res.set("big.first", t.name, r, first)
+			b.res.set("big.repeat", t.name, r, again)
+			if t.name == tIris {
+				disk, err := seqRead(t.path(bigScope+"/"+bigKeyB), sz.bigSize, big)
+				if err != nil {
+					return err
+				}
+				b.res.set("big.disk", t.name, r, disk)
+			}
+			return nil
+		}); err != nil {
 			return err
 		}
 	}
-	buf := make([]byte, 64<<10)
-	err = both(nativeFirst,
-		func() error { _, err := openReadClose(b.nat.hot, sz.hotWarm, buf); return err },
-		func() error { _, err := openReadClose(fuseHot, sz.hotWarm, buf); return err })
-	if err != nil {
-		return err
-	}
-	err = both(nativeFirst,
-		func() (err error) { nd, err = openReadClose(b.nat.hot, sz.hotIters, buf); return },
-		func() (err error) { fd, err = openReadClose(fuseHot, sz.hotIters, buf); return })
-	if err != nil {
-		return err
-	}
-	res.add("orc.tmpfs", us(nd))
-	res.add("orc.fuse", us(fd))
-
-	// 2. cat of it as a process, interleaved in shuffled order.
-	if _, err := catInterleaved([]string{b.nat.hot, fuseHot}, 5, devnull, b.rng.Shuffle); err != nil {
-		return err
-	}
-	meds, err := catInterleaved([]string{b.nat.hot, fuseHot}, sz.cats, devnull, b.rng.Shuffle)
-	if err != nil {
-		return err
-	}
-	res.add("cat.tmpfs", ms(meds[0]))
-	res.add("cat.fuse", ms(meds[1]))
-
-	// 3. 100 MB sequential read, 1 MiB buffers.
-	var tmpfsMBs float64
-	readTmpfs := func() (err error) { tmpfsMBs, err = seqRead(b.nat.bigA, sz.bigSize, big); return }
-	readFuse := func() error {
-		cold, err := seqRead(b.fusePath(bigScope, bigKeyA), sz.bigSize, big)
-		if err != nil {
-			return err
-		}
-		again, err := seqRead(b.fusePath(bigScope, bigKeyA), sz.bigSize, big)
-		if err != nil {
-			return err
-		}
-		disk, err := seqRead(b.fusePath(bigScope, bigKeyB), sz.bigSize, big)
-		if err != nil {
-			return err
-		}
-		res.add("big.fuse.cold", cold)
-		res.add("big.fuse.repeat", again)
-		res.add("big.fuse.disk", disk)
-		return nil
-	}
-	if err := both(nativeFirst, readTmpfs, readFuse); err != nil {
-		return err
-	}
-	res.add("big.tmpfs", tmpfsMBs)
 	// The disk reference: the same blob file read directly from ext4, cold.
 	if err := dropFileCache(b.fx.blobB); err != nil {
 		return err
@@ -305,97 +474,214 @@ func (b *bench) rep(r int) error {
 	if err != nil {
 		return err
 	}
-	res.add("big.ext4.disk", ext4)
-
-	// 5. Small durable writes: through the mount, and natively on the
-	// store's disk, interleaved in chunks of 100.
-	if err := b.writes(r); err != nil {
-		return err
-	}
-
-	// Fill the daemon's LRU (32 MiB of verified values), then its memory.
-	for _, k := range b.fx.lruKeys {
-		if _, err := openReadClose(b.fusePath(lruScope, k), 1, big); err != nil {
-			return err
-		}
-	}
-	b.readStats()
-	rss, hwm, err := memKB(b.pid)
-	if err != nil {
-		return err
-	}
-	res.add("rss.end", float64(rss)/1024)
-	res.add("hwm.end", float64(hwm)/1024)
-
-	d, err = b.unmount()
-	if err != nil {
-		return err
-	}
-	res.add("unmount", ms(d))
+	b.res.set("big.disk", tExt4, r, ext4)
 	return nil
 }
 
-// writes runs workload 5 for repetition r.
-func (b *bench) writes(r int) error {
+// 5. ls -l equivalent of the 100k-key directory: the first listing after
+// the mount, then a second; then ls -l itself. The store's index is read
+// into the host page cache first.
+func (b *bench) listings(r int) error {
 	sz := b.o.sz
-	wdir := filepath.Join(b.o.dir, "native-writes")
-	if err := os.RemoveAll(wdir); err != nil {
-		return err
-	}
-	dirs := map[string]string{"tmp": "", "a": "", "b": ""}
-	for name := range dirs {
-		dirs[name] = filepath.Join(wdir, name)
-		if err := os.MkdirAll(dirs[name], 0o755); err != nil {
+	big := make([]byte, 1<<20)
+	if fi, err := os.Stat(b.fx.index); err == nil {
+		if _, err := seqRead(b.fx.index, fi.Size(), big); err != nil {
 			return err
 		}
 	}
-	defer os.RemoveAll(wdir)
-	data := make([][]byte, 3*sz.writes) // distinct values: no dedup in the store
-	for i := range data {
-		data[i] = make([]byte, sz.writeSize)
-		for j := 0; j+8 <= len(data[i]); j += 8 {
-			v := b.rng.Uint64()
-			for k := 0; k < 8; k++ {
-				data[i][j+k] = byte(v >> (8 * k))
+	for _, pass := range []string{"1", "2"} {
+		for _, t := range b.pick(readTargets...) {
+			b.quiet()
+			if err := b.try(t, "listing "+pass, func() error {
+				l, err := lsl(t.path(listRel))
+				if err != nil {
+					return err
+				}
+				want := sz.keys
+				if t.iris {
+					want++ // _index.json
+				}
+				if l.entries != want {
+					return fmt.Errorf("listed %d entries, want %d", l.entries, want)
+				}
+				if t.iris {
+					b.res.listEntries = l.entries
+					b.res.set("ls.index."+pass, t.name, r, ms(l.index))
+				}
+				b.res.set("ls."+pass, t.name, r, ms(l.total))
+				return nil
+			}); err != nil {
+				return err
 			}
 		}
 	}
-	kinds := []func(i int) error{
-		func(i int) error {
-			return createWrite(b.fusePath(writeScope, fmt.Sprintf("w%d-%05d", r, i)), data[i])
-		},
-		func(i int) error {
-			return nativeDurable(dirs["tmp"], dirs["a"], fmt.Sprintf("w%d-%05d", r, i), data[sz.writes+i], false)
-		},
-		func(i int) error {
-			return nativeDurable(dirs["tmp"], dirs["b"], fmt.Sprintf("w%d-%05d", r, i), data[2*sz.writes+i], true)
-		},
+	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return err
 	}
-	var total [3]time.Duration
-	const chunk = 100
-	order := []int{0, 1, 2}
-	for start := 0; start < sz.writes; start += chunk {
-		b.rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
-		for _, k := range order {
-			t0 := time.Now()
-			for i := start; i < min(start+chunk, sz.writes); i++ {
-				if err := kinds[k](i); err != nil {
+	defer devnull.Close()
+	for _, t := range b.pick(readTargets...) {
+		b.quiet()
+		if err := b.try(t, "ls -l", func() error {
+			d, err := lsProcess(t.path(listRel), devnull)
+			if err != nil {
+				return err
+			}
+			b.res.set("lsproc", t.name, r, ms(d))
+			if t.fuse() {
+				rss, _, err := memKB(t.m.daemonPid())
+				if err != nil {
+					return err
+				}
+				b.res.set("rss.listing", t.name, r, mb(rss))
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// 1. Hot small reads: open+read+close of the 20 KB file in a loop, target
+// by target; then cat of it, one cat per target per round in a freshly
+// shuffled order.
+func (b *bench) hotReads(r int) error {
+	sz := b.o.sz
+	buf := make([]byte, 64<<10)
+	for _, t := range b.pick(hotTargets...) {
+		b.quiet()
+		if err := b.try(t, "hot open+read+close", func() error {
+			if err := checkContent(t.path(hotRel), b.fx.hot); err != nil {
+				return err
+			}
+			if _, err := openReadClose(t.path(hotRel), sz.hotWarm, buf); err != nil {
+				return err
+			}
+			d, err := openReadClose(t.path(hotRel), sz.hotIters, buf)
+			if err != nil {
+				return err
+			}
+			b.res.set("orc", t.name, r, us(d))
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer devnull.Close()
+	b.quiet()
+	ts := b.pick(hotTargets...)
+	paths := make([]string, len(ts))
+	for i, t := range ts {
+		paths[i] = t.path(hotRel)
+	}
+	if _, errs := catInterleaved(paths, 5, devnull, b.rng.Shuffle); b.catErrs(ts, errs) != nil {
+		return b.catErrs(ts, errs)
+	}
+	meds, errs := catInterleaved(paths, sz.cats, devnull, b.rng.Shuffle)
+	if err := b.catErrs(ts, errs); err != nil {
+		return err
+	}
+	for i, t := range ts {
+		if errs[i] == nil {
+			b.res.set("cat", t.name, r, ms(meds[i]))
+		}
+	}
+	return nil
+}
+
+func (b *bench) catErrs(ts []*target, errs []error) error {
+	for i, err := range errs {
+		if err != nil {
+			if err := b.try(ts[i], "cat", func() error { return err }); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// 4. Small durable writes: 4 KB values, new names, every target in chunks
+// of 100 in a freshly shuffled order per chunk.
+func (b *bench) writes(r int) error {
+	sz := b.o.sz
+	ts := b.pick(writeTargets...)
+	for _, t := range ts {
+		if !t.iris {
+			for _, d := range []string{t.writeDir, t.tmpDir} {
+				if err := b.try(t, "mkdir", func() error { return os.MkdirAll(d, 0o755) }); err != nil {
 					return err
 				}
 			}
-			total[k] += time.Since(t0)
 		}
 	}
-	n := time.Duration(sz.writes)
-	b.res.add("write.fuse", us(total[0]/n))
-	b.res.add("write.native", us(total[1]/n))
-	b.res.add("write.nativedir", us(total[2]/n))
+	name := func(i int) string { return fmt.Sprintf("w%d-%05d", r, i) }
+	one := func(t *target, i int, v []byte) error {
+		if t.iris {
+			return createWrite(filepath.Join(t.writeDir, name(i)), v)
+		}
+		return nativeDurable(t.tmpDir, t.writeDir, name(i), v, t.syncDir)
+	}
+	b.quiet()
+	total := map[string]time.Duration{}
+	const chunk = 100
+	vals := make([][]byte, chunk)
+	for i := range vals {
+		vals[i] = make([]byte, sz.writeSize)
+	}
+	for start := 0; start < sz.writes; start += chunk {
+		b.rng.Shuffle(len(ts), func(i, j int) { ts[i], ts[j] = ts[j], ts[i] })
+		for _, t := range ts {
+			if err := b.try(t, "write", func() error {
+				end := min(start+chunk, sz.writes)
+				for i := start; i < end; i++ {
+					b.value(vals[i-start], t.name, r, i)
+				}
+				t0 := time.Now()
+				for i := start; i < end; i++ {
+					if err := one(t, i, vals[i-start]); err != nil {
+						return err
+					}
+				}
+				total[t.name] += time.Since(t0)
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+	}
+	for _, t := range ts {
+		if err := b.try(t, "reading back what was written", func() error {
+			for _, i := range []int{0, sz.writes / 2, sz.writes - 1} {
+				if err := checkContent(filepath.Join(t.writeDir, name(i)), b.value(make([]byte, sz.writeSize), t.name, r, i)); err != nil {
+					return err
+				}
+			}
+			b.res.set("write", t.name, r, us(total[t.name])/float64(sz.writes))
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
+// value fills buf with the content of write i of target name in
+// repetition r: pseudo-random, distinct for every write of the run (no
+// dedup in the store), and the same when asked again.
+func (b *bench) value(buf []byte, name string, r, i int) []byte {
+	seed := sha256.Sum256(fmt.Appendf(nil, "%x/%s/%d/%d", b.nonce, name, r, i))
+	_, _ = rand.NewChaCha8(seed).Read(buf)
+	return buf
+}
+
 // readStats reads .stats through the mount for the LRU's fill.
-func (b *bench) readStats() {
-	data, err := os.ReadFile(filepath.Join(b.mnt, ".stats"))
+func (b *bench) readStats(t *target) {
+	data, err := os.ReadFile(filepath.Join(t.root, ".stats"))
 	if err != nil {
 		return
 	}

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -16,18 +17,35 @@ import (
 	"github.com/iriskvfs/iriskvfs/store"
 )
 
-// Where each workload's data lives in the store (and, under the same
-// names, on the tmpfs).
+// Where each workload's data lives: in the store (scope/key), and under the
+// same relative paths in the plain tree that tmpfs, loopback, rclone and
+// gocryptfs serve.
 const (
 	hotScope   = "instructions"
 	hotKey     = "instruction_bench"
 	listScope  = "task"
 	bigScope   = "artifacts"
 	bigKeyA    = "artifact-a.bin" // first read after mount: blob in the host page cache
-	bigKeyB    = "artifact-b.bin" // first read after mount: blob evicted, read from disk
+	bigKeyB    = "artifact-b.bin" // first read after mount: blob evicted, read from disk (iriskvfs only)
 	lruScope   = "project"
-	writeScope = "scratch" // cleared before every run
+	writeScope = "scratch" // iriskvfs: cleared before every run and after every repetition
+	mixScope   = "artifacts"
 )
+
+func coldOrcKey(i int) string  { return fmt.Sprintf("cold-orc-%02d", i) }
+func coldCatKey(i int) string  { return fmt.Sprintf("cold-cat-%02d", i) }
+func mixInstrKey(i int) string { return fmt.Sprintf("mix-instruction-%02d", i) }
+func mixProjKey(i int) string  { return fmt.Sprintf("mix-project-%03d", i) }
+
+// Relative paths, the same on every target.
+var (
+	hotRel  = hotScope + "/" + hotKey
+	bigRel  = bigScope + "/" + bigKeyA
+	listRel = listScope
+)
+
+func coldOrcRel(i int) string { return hotScope + "/" + coldOrcKey(i) }
+func coldCatRel(i int) string { return hotScope + "/" + coldCatKey(i) }
 
 // fixtureConfig gives every scope the benchmark uses room and no expiry,
 // so a kept fixture never ages out and quotas never refuse a write.
@@ -35,11 +53,11 @@ const fixtureConfig = `scopes:
   instructions: {quota: 64MB, ttl: 0}
   project: {quota: 2GB, ttl: 0}
   task: {quota: 2GB, ttl: 0}
-  artifacts: {quota: 2GB, ttl: 0}
+  artifacts: {quota: 4GB, ttl: 0}
   scratch: {quota: 4GB, ttl: 0}
 `
 
-const fixtureVersion = "iriskvfs-bench fuse fixture v1"
+const fixtureVersion = "iriskvfs-bench fuse fixture v2"
 
 type fixtureMarker struct {
 	Version   string
@@ -49,13 +67,18 @@ type fixtureMarker struct {
 	BigSize   int64
 	LRUValues int
 	LRUSize   int
+	Cold      int
+	MixInstr  int
+	MixProj   int
+	ReadOnly  bool
 }
 
-// fixture is the store every repetition mounts.
+// fixture is a store a repetition mounts.
 type fixture struct {
 	dir, storeDir, config string
 	hot                   []byte
-	blobA, blobB          string // the big values' blob files
+	blobA, blobB          string // the big values' blob files (not in the read-only fixture)
+	index                 string // the store's index file
 	lruKeys               []string
 }
 
@@ -68,15 +91,32 @@ func keyValue(i, size int) []byte {
 	return bytes.Repeat([]byte(line), size/len(line)+1)[:size]
 }
 
-// hotValue is the hot instruction file: markdown-like text.
-func hotValue(size int) []byte {
+// textValue is markdown-like text of size bytes, distinct per title.
+func textValue(title string, size int) []byte {
 	var b bytes.Buffer
-	b.WriteString("# Benchmark instruction set\n\n")
+	fmt.Fprintf(&b, "# %s\n\n", title)
 	for i := 0; b.Len() < size; i++ {
 		fmt.Fprintf(&b, "%d. When presenting results, state the measurement, the machine and the method; "+
 			"compare side by side in one run and give ratios pair by pair.\n", i+1)
 	}
 	return b.Bytes()[:size]
+}
+
+// hotValue is the hot instruction file.
+func hotValue(size int) []byte { return textValue("Benchmark instruction set", size) }
+
+func coldValue(key string, size int) []byte { return textValue("Cold instruction set "+key, size) }
+
+// mixInstrSize and mixProjSize are the sizes of the mixed workload's
+// files: instructions 5–50 KB, project files 1–100 KB, spread evenly.
+func mixInstrSize(i, n int) int { return 5_000 + i*45_000/max(n-1, 1) }
+func mixProjSize(i, n int) int  { return 1_000 + (i*7919)%n*99_000/max(n-1, 1) }
+
+func mixInstrValue(i, n int) []byte {
+	return textValue("Mixed-workload instruction "+mixInstrKey(i), mixInstrSize(i, n))
+}
+func mixProjValue(i, n int) []byte {
+	return textValue("Project summary "+mixProjKey(i), mixProjSize(i, n))
 }
 
 // bigReader streams n pseudo-random bytes, the same for the same seed.
@@ -98,13 +138,23 @@ func fixturePolicy() (*quota.Policy, error) { return quota.Parse([]byte(fixtureC
 
 // prepareFixture returns the store fixture in dir, building it unless a
 // matching one is kept there, and empties the scratch scope. It reports
-// whether it built it.
-func prepareFixture(dir string, sz sizes, fresh bool) (*fixture, bool, error) {
-	marker := fixtureMarker{fixtureVersion, sz.keys, sz.keySize, sz.hotSize, sz.bigSize, sz.lruValues, sz.lruSize}
-	fdir := filepath.Join(dir, fmt.Sprintf("fixture-%d", sz.keys))
+// whether it built it. The read-only fixture holds only the hot and cold
+// instruction files: a store takes one daemon at a time, and the
+// --read-only mount runs beside the read-write one.
+func prepareFixture(dir string, sz sizes, fresh, readOnly bool) (*fixture, bool, error) {
+	marker := fixtureMarker{fixtureVersion, sz.keys, sz.keySize, sz.hotSize, sz.bigSize, sz.lruValues, sz.lruSize,
+		sz.cold, sz.mixInstr, sz.mixProj, readOnly}
+	name := fmt.Sprintf("fixture-%d", sz.keys)
+	if readOnly {
+		marker = fixtureMarker{Version: fixtureVersion, HotSize: sz.hotSize, Cold: sz.cold, ReadOnly: true}
+		name = fmt.Sprintf("fixture-ro-%d", sz.cold)
+	}
+	fdir := filepath.Join(dir, name)
 	fx := &fixture{dir: fdir, storeDir: filepath.Join(fdir, "store"), config: filepath.Join(fdir, "config.yaml"), hot: hotValue(sz.hotSize)}
-	for i := 0; i < sz.lruValues; i++ {
-		fx.lruKeys = append(fx.lruKeys, lruKey(i))
+	if !readOnly {
+		for i := 0; i < sz.lruValues; i++ {
+			fx.lruKeys = append(fx.lruKeys, lruKey(i))
+		}
 	}
 	policy, err := fixturePolicy()
 	if err != nil {
@@ -123,9 +173,13 @@ func prepareFixture(dir string, sz sizes, fresh bool) (*fixture, bool, error) {
 		if err := os.WriteFile(fx.config, []byte(fixtureConfig), 0o644); err != nil {
 			return nil, false, err
 		}
-		fmt.Printf("building the store fixture in %s (%d keys, 2 x %d MB, %d x %d KB) ...\n",
-			fdir, sz.keys, sz.bigSize>>20, sz.lruValues, sz.lruSize/1000)
-		if err := buildFixture(fx, policy, sz); err != nil {
+		if readOnly {
+			fmt.Printf("building the read-only store fixture in %s ...\n", fdir)
+		} else {
+			fmt.Printf("building the store fixture in %s (%d keys, 2 x %d MB, %d x %d KB) ...\n",
+				fdir, sz.keys, sz.bigSize>>20, sz.lruValues, sz.lruSize/1000)
+		}
+		if err := buildFixture(fx, policy, sz, readOnly); err != nil {
 			return nil, false, err
 		}
 		if err := os.WriteFile(markerPath, want, 0o644); err != nil {
@@ -142,6 +196,19 @@ func prepareFixture(dir string, sz sizes, fresh bool) (*fixture, bool, error) {
 		return nil, false, err
 	}
 	defer s.Close()
+	fx.index = filepath.Join(fx.storeDir, "index.db")
+	// What an interrupted run's mixed workload left.
+	ents, err := s.List(mixScope)
+	if err != nil {
+		return nil, false, err
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Key, "mix-c") {
+			if err := s.Delete(mixScope, e.Key); err != nil {
+				return nil, false, err
+			}
+		}
+	}
 	st, err := s.Stats()
 	if err != nil {
 		return nil, false, err
@@ -150,21 +217,28 @@ func prepareFixture(dir string, sz sizes, fresh bool) (*fixture, bool, error) {
 	for _, sc := range st.Scopes {
 		counts[sc.Name] = sc.Keys
 	}
-	if counts[listScope] != int64(sz.keys) || counts[bigScope] != 2 || counts[hotScope] != 1 || counts[lruScope] != int64(sz.lruValues) {
+	wantHot := int64(1 + 2*sz.cold)
+	if !readOnly {
+		wantHot += int64(sz.mixInstr)
+	}
+	if counts[hotScope] != wantHot ||
+		(!readOnly && (counts[listScope] != int64(sz.keys) || counts[bigScope] != 2 || counts[lruScope] != int64(sz.lruValues+sz.mixProj))) {
 		return nil, false, fmt.Errorf("fixture %s holds %v keys per scope, not what it should: run with -fresh", fdir, counts)
 	}
 	if _, err := s.Clear(writeScope); err != nil {
 		return nil, false, err
 	}
-	for _, k := range []struct {
-		key  string
-		path *string
-	}{{bigKeyA, &fx.blobA}, {bigKeyB, &fx.blobB}} {
-		e, err := s.Lookup(bigScope, k.key)
-		if err != nil {
-			return nil, false, err
+	if !readOnly {
+		for _, k := range []struct {
+			key  string
+			path *string
+		}{{bigKeyA, &fx.blobA}, {bigKeyB, &fx.blobB}} {
+			e, err := s.Lookup(bigScope, k.key)
+			if err != nil {
+				return nil, false, err
+			}
+			*k.path = s.BlobPath(e.Fingerprint)
 		}
-		*k.path = s.BlobPath(e.Fingerprint)
 	}
 	v, _, err := s.Get(hotScope, hotKey)
 	if err != nil {
@@ -176,50 +250,33 @@ func prepareFixture(dir string, sz sizes, fresh bool) (*fixture, bool, error) {
 	return fx, built, nil
 }
 
-func buildFixture(fx *fixture, policy *quota.Policy, sz sizes) error {
+func buildFixture(fx *fixture, policy *quota.Policy, sz sizes, readOnly bool) error {
 	s, err := store.Open(fx.storeDir, store.Options{Policy: policy})
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	// Durable puts from many goroutines: their index commits are grouped.
-	const workers = 64
-	next := make(chan int)
-	errs := make(chan error, workers)
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				if _, err := s.Put(listScope, listKey(i), bytes.NewReader(keyValue(i, sz.keySize)), store.PutOptions{}); err != nil {
-					errs <- err
-					return
-				}
+	put := func(scope, key string, v []byte, ct string) error {
+		_, err := s.Put(scope, key, bytes.NewReader(v), store.PutOptions{ContentType: ct})
+		return err
+	}
+	if err := put(hotScope, hotKey, fx.hot, "text/markdown"); err != nil {
+		return err
+	}
+	for i := 0; i < sz.cold; i++ {
+		for _, k := range []string{coldOrcKey(i), coldCatKey(i)} {
+			if err := put(hotScope, k, coldValue(k, sz.hotSize), "text/markdown"); err != nil {
+				return err
 			}
-		}()
-	}
-	var putErr error
-feed:
-	for i := 0; i < sz.keys; i++ {
-		select {
-		case next <- i:
-		case putErr = <-errs:
-			break feed
 		}
 	}
-	close(next)
-	wg.Wait()
-	if putErr == nil {
-		select {
-		case putErr = <-errs:
-		default:
-		}
+	if readOnly {
+		return nil
 	}
-	if putErr != nil {
-		return putErr
-	}
-	if _, err := s.Put(hotScope, hotKey, bytes.NewReader(fx.hot), store.PutOptions{ContentType: "text/markdown"}); err != nil {
+	// Durable puts from many goroutines: their index commits are grouped.
+	if err := parallel(sz.keys, 64, func(i int) error {
+		return put(listScope, listKey(i), keyValue(i, sz.keySize), "")
+	}); err != nil {
 		return err
 	}
 	for _, b := range []struct {
@@ -231,29 +288,127 @@ feed:
 		}
 	}
 	for i := 0; i < sz.lruValues; i++ {
-		if _, err := s.Put(lruScope, lruKey(i), bytes.NewReader(lruValue(i, sz.lruSize)), store.PutOptions{}); err != nil {
+		if err := put(lruScope, lruKey(i), lruValue(i, sz.lruSize), ""); err != nil {
+			return err
+		}
+	}
+	for i := 0; i < sz.mixInstr; i++ {
+		if err := put(hotScope, mixInstrKey(i), mixInstrValue(i, sz.mixInstr), "text/markdown"); err != nil {
+			return err
+		}
+	}
+	for i := 0; i < sz.mixProj; i++ {
+		if err := put(lruScope, mixProjKey(i), mixProjValue(i, sz.mixProj), "text/markdown"); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// native is the tmpfs side: the same names and bytes as the store's.
-type native struct {
-	root    string // the tmpfs mount point
-	hot     string
-	bigA    string
-	listDir string
+// parallel runs fn(0..n-1) from workers goroutines and returns the first
+// error.
+func parallel(n, workers int, fn func(i int) error) error {
+	next := make(chan int)
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := fn(i); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	var err error
+feed:
+	for i := 0; i < n; i++ {
+		select {
+		case next <- i:
+		case err = <-errs:
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	if err == nil {
+		select {
+		case err = <-errs:
+		default:
+		}
+	}
+	return err
 }
 
-// prepareTmpfs mounts a tmpfs at dir and writes the hot file, the big file
-// and the listed directory into it.
-func prepareTmpfs(dir string, sz sizes) (*native, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
+// writeTree writes the plain tree every non-iriskvfs target serves into
+// root: the same relative paths and bytes as the store fixture's (but for
+// the evicted-blob artifact and the LRU filler, which only iriskvfs
+// measures). Through a FUSE mount (gocryptfs) it writes from workers
+// goroutines.
+func writeTree(root string, sz sizes, workers int) error {
+	for _, d := range []string{hotScope, bigScope, listScope, lruScope, writeScope} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return err
+		}
 	}
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "size=4g,mode=0755"); err != nil {
-		return nil, fmt.Errorf("mount -t tmpfs %s: %w", dir, err)
+	write := func(rel string, v []byte) error { return os.WriteFile(filepath.Join(root, rel), v, 0o644) }
+	if err := write(hotRel, hotValue(sz.hotSize)); err != nil {
+		return err
+	}
+	if err := writeColdFiles(root, sz); err != nil {
+		return err
+	}
+	for i := 0; i < sz.mixInstr; i++ {
+		if err := write(hotScope+"/"+mixInstrKey(i), mixInstrValue(i, sz.mixInstr)); err != nil {
+			return err
+		}
+	}
+	for i := 0; i < sz.mixProj; i++ {
+		if err := write(lruScope+"/"+mixProjKey(i), mixProjValue(i, sz.mixProj)); err != nil {
+			return err
+		}
+	}
+	// The big file in one write, as a value arrives (§3.1 of the research:
+	// a tmpfs file made by cp reads at half the speed).
+	big, err := io.ReadAll(bigReader(0xa, sz.bigSize))
+	if err != nil {
+		return err
+	}
+	if err := write(bigRel, big); err != nil {
+		return err
+	}
+	return parallel(sz.keys, workers, func(i int) error {
+		return write(listRel+"/"+listKey(i), keyValue(i, sz.keySize))
+	})
+}
+
+// writeColdFiles writes the cold-read files under root (the ext4
+// reference has only these).
+func writeColdFiles(root string, sz sizes) error {
+	if err := os.MkdirAll(filepath.Join(root, hotScope), 0o755); err != nil {
+		return err
+	}
+	for i := 0; i < sz.cold; i++ {
+		if err := os.WriteFile(filepath.Join(root, coldOrcRel(i)), coldValue(coldOrcKey(i), sz.hotSize), 0o644); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(root, coldCatRel(i)), coldValue(coldCatKey(i), sz.hotSize), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// mountTmpfs mounts a tmpfs at dir; the cleanup unmounts it.
+func mountTmpfs(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "size=12g,mode=0755"); err != nil {
+		return fmt.Errorf("mount -t tmpfs %s: %w", dir, err)
 	}
 	cleanup.add(func() {
 		if err := syscall.Unmount(dir, 0); err != nil {
@@ -262,33 +417,5 @@ func prepareTmpfs(dir string, sz sizes) (*native, error) {
 		}
 		_ = os.Remove(dir)
 	})
-	n := &native{
-		root:    dir,
-		hot:     filepath.Join(dir, hotScope, hotKey),
-		bigA:    filepath.Join(dir, bigScope, bigKeyA),
-		listDir: filepath.Join(dir, listScope),
-	}
-	for _, d := range []string{hotScope, bigScope, listScope} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			return nil, err
-		}
-	}
-	if err := os.WriteFile(n.hot, hotValue(sz.hotSize), 0o644); err != nil {
-		return nil, err
-	}
-	// The big file in one write, as a value arrives (§3.1 of the research:
-	// a tmpfs file made by cp reads at half the speed).
-	big, err := io.ReadAll(bigReader(0xa, sz.bigSize))
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(n.bigA, big, 0o644); err != nil {
-		return nil, err
-	}
-	for i := 0; i < sz.keys; i++ {
-		if err := os.WriteFile(filepath.Join(n.listDir, listKey(i)), keyValue(i, sz.keySize), 0o644); err != nil {
-			return nil, err
-		}
-	}
-	return n, nil
+	return nil
 }

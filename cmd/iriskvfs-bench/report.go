@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -11,11 +12,17 @@ import (
 // summary is the median and range of one series.
 type summary struct{ med, lo, hi float64 }
 
+// summarize skips the repetitions without a figure (NaN).
 func summarize(v []float64) (summary, bool) {
-	if len(v) == 0 {
+	s := make([]float64, 0, len(v))
+	for _, x := range v {
+		if !math.IsNaN(x) {
+			s = append(s, x)
+		}
+	}
+	if len(s) == 0 {
 		return summary{}, false
 	}
-	s := slices.Clone(v)
 	slices.Sort(s)
 	med := s[len(s)/2]
 	if len(s)%2 == 0 {
@@ -26,7 +33,7 @@ func summarize(v []float64) (summary, bool) {
 
 // num formats a figure with about three significant digits.
 func num(v float64) string {
-	switch a := max(v, -v); {
+	switch a := math.Abs(v); {
 	case a >= 100:
 		return fmt.Sprintf("%.0f", v)
 	case a >= 10:
@@ -42,146 +49,356 @@ func (s summary) String() string {
 	return fmt.Sprintf("%s (%s–%s)", num(s.med), num(s.lo), num(s.hi))
 }
 
-func ratioString(s summary) string {
-	return fmt.Sprintf("**%s×** (%s–%s)", num(s.med), num(s.lo), num(s.hi))
-}
-
-// ratios divides fuse by native repetition by repetition.
-func ratios(nat, fuse []float64) []float64 {
-	n := min(len(nat), len(fuse))
+// ratios divides target by reference repetition by repetition, skipping
+// the repetitions where either has no figure.
+func ratios(ref, tgt []float64) []float64 {
+	n := min(len(ref), len(tgt))
 	out := make([]float64, 0, n)
 	for i := 0; i < n; i++ {
-		if nat[i] > 0 {
-			out = append(out, fuse[i]/nat[i])
+		if ref[i] > 0 && !math.IsNaN(ref[i]) && !math.IsNaN(tgt[i]) {
+			out = append(out, tgt[i]/ref[i])
 		}
 	}
 	return out
 }
 
-type pairRow struct {
-	label, unit    string
-	natName, nat   string // the native side's name and metric
-	fuse           string
-	higherIsFaster bool
+// goal is one of the issue's targets for iriskvfs (or its --read-only
+// mount): on the ratio to the row's reference, or on the figure itself
+// when the row has no reference.
+type goal struct {
+	who   string
+	le    bool // the figure must be at most limit (else at least)
+	limit float64
+	text  string
 }
 
-func (b *bench) pairRows() []pairRow {
+func (g goal) met(v float64) bool {
+	if g.le {
+		return v <= g.limit
+	}
+	return v >= g.limit
+}
+
+// row is one line of the tables.
+type row struct {
+	id, label, unit string
+	metric          string
+	higher          bool     // higher is better (MB/s, ops/s)
+	ref             string   // reference target for the ratios; "" for absolute figures
+	only            []string // the targets shown (nil: every target with figures)
+	goals           []goal
+	// cols shows another target in a column of the summary (the
+	// loopback column shows loopback-ext4 in the ext4 rows).
+	cols map[string]string
+	// peersOnTmpfs: the peers' figures include writes whose fsync goes to
+	// tmpfs, iriskvfs's to ext4.
+	peersOnTmpfs bool
+}
+
+func (b *bench) rows() []row {
 	sz := b.o.sz
 	big := fmt.Sprintf("%d MB", sz.bigSize>>20)
-	keys := fmt.Sprintf("%dk keys", sz.keys/1000)
-	return []pairRow{
-		{"1. open+read+close 20 KB, loop, per op", "µs", "tmpfs", "orc.tmpfs", "orc.fuse", false},
-		{fmt.Sprintf("2. `cat` 20 KB as a process (median of %d per rep)", sz.cats), "ms", "tmpfs", "cat.tmpfs", "cat.fuse", false},
-		{"3a. " + big + " sequential read, first after mount (SHA-256 verify; blob in host page cache)", "MB/s", "tmpfs", "big.tmpfs", "big.fuse.cold", true},
-		{"3b. " + big + " sequential read, repeat (verification remembered)", "MB/s", "tmpfs", "big.tmpfs", "big.fuse.repeat", true},
-		{"3c. " + big + " sequential read, first after mount, blob evicted (disk + verify)", "MB/s", "tmpfs", "big.tmpfs", "big.fuse.disk", true},
-		{"3d. the same (3c) against the blob file read directly from ext4, evicted", "MB/s", "ext4", "big.ext4.disk", "big.fuse.disk", true},
-		{"4a. getdents+lstat of " + keys + ", first listing after mount", "ms", "tmpfs", "ls.tmpfs.1", "ls.fuse.1", false},
-		{"4a′. the same (4a) without the lstat of `_index.json`", "ms", "tmpfs", "ls.tmpfs.1", "ls.fuse.noindex.1", false},
-		{"4b. getdents+lstat of " + keys + ", second listing", "ms", "tmpfs", "ls.tmpfs.2", "ls.fuse.2", false},
-		{"4b′. the same (4b) without the lstat of `_index.json`", "ms", "tmpfs", "ls.tmpfs.2", "ls.fuse.noindex.2", false},
-		{"4c. `ls -l` process of " + keys + " (after 4a and 4b)", "ms", "tmpfs", "lsproc.tmpfs", "lsproc.fuse", false},
-		{"5a. durable 4 KB write: create+write+close through the mount vs write+fsync+close+rename", "µs", "ext4", "write.native", "write.fuse", false},
-		{"5b. the same vs write+fsync+close+rename+fsync(dir)", "µs", "ext4", "write.nativedir", "write.fuse", false},
+	keys := fmt.Sprintf("%dk files", sz.keys/1000)
+	iris := []string{tIris, tLoopExt4}
+	le := map[string]string{tLoopback: tLoopExt4}
+	return []row{
+		{id: "1a", label: "hot small read: open+read+close 20 KB in a loop, per op", unit: "µs", metric: "orc", ref: tTmpfs,
+			goals: []goal{{tIris, true, 5, "≤5×"}, {tIrisRO, true, 1.5, "--read-only ≤1.5×"}}},
+		{id: "1b", label: fmt.Sprintf("hot small read: `cat` 20 KB as a process (median of %d)", sz.cats), unit: "ms", metric: "cat", ref: tTmpfs,
+			goals: []goal{{tIris, true, 1.1, "≤1.1×"}}},
+		{id: "2a", label: fmt.Sprintf("cold read: open+read+close 20 KB, first touch after a fresh mount and drop_caches (mean of %d files)", sz.cold), unit: "µs", metric: "cold.orc", ref: tTmpfs},
+		{id: "2b", label: fmt.Sprintf("cold read: `cat` 20 KB, the same (median of %d files)", sz.cold), unit: "ms", metric: "cold.cat", ref: tTmpfs},
+		{id: "2c", label: "cold open+read+close (2a), against the same files on the store's ext4 after drop_caches", unit: "µs", metric: "cold.orc", ref: tExt4, only: []string{tIris, tIrisRO}},
+		{id: "2d", label: "cold `cat` (2b), against the same files on ext4", unit: "ms", metric: "cold.cat", ref: tExt4, only: []string{tIris, tIrisRO}},
+		{id: "3a", label: big + " sequential read, first after the mount", unit: "MB/s", metric: "big.first", higher: true, ref: tTmpfs,
+			goals: []goal{{tIris, false, 0.9, "≥0.9×"}}},
+		{id: "3b", label: big + " sequential read, repeat", unit: "MB/s", metric: "big.repeat", higher: true, ref: tTmpfs,
+			goals: []goal{{tIris, false, 0.9, "≥0.9×"}}},
+		{id: "4a", label: "durable 4 KB write, per file (iriskvfs create+write+close on ext4; the others write+fsync+close+rename on tmpfs)", unit: "µs", metric: "write", ref: tTmpfs,
+			peersOnTmpfs: true},
+		{id: "4b", label: "the same on the store's ext4: iriskvfs, and loopback over ext4, against write+fsync+close+rename", unit: "µs", metric: "write", ref: tExt4, only: iris, cols: le,
+			goals: []goal{{tIris, true, 2, "≤2×"}}},
+		{id: "4c", label: "the same, against ext4 write+fsync+close+rename+fsync(dir)", unit: "µs", metric: "write", ref: tExt4Dir, only: iris, cols: le},
+		{id: "5a", label: "listing (getdents+lstat) of " + keys + ", first after the mount", unit: "ms", metric: "ls.1", ref: tTmpfs,
+			goals: []goal{{tIris, true, 3, "≤3×"}}},
+		{id: "5b", label: "listing of " + keys + ", second", unit: "ms", metric: "ls.2", ref: tTmpfs,
+			goals: []goal{{tIris, true, 1.1, "~1× (≤1.1×)"}}},
+		{id: "5c", label: "`ls -l` process of " + keys + " (after 5a, 5b)", unit: "ms", metric: "lsproc", ref: tTmpfs},
+		{id: "6a", label: fmt.Sprintf("mixed agent trace, %d clients: throughput", sz.mixClients), unit: "ops/s", metric: "mix.tput", higher: true, ref: tTmpfs, peersOnTmpfs: true},
+		{id: "6b", label: "mixed agent trace: p50 latency", unit: "ms", metric: "mix.p50", ref: tTmpfs, peersOnTmpfs: true},
+		{id: "6c", label: "mixed agent trace: p99 latency", unit: "ms", metric: "mix.p99", ref: tTmpfs, peersOnTmpfs: true},
+		{id: "7a", label: fmt.Sprintf("mount with %s until it answers", keys), unit: "ms", metric: "mount",
+			goals: []goal{{tIris, true, 1000, "<1 s"}}},
+		{id: "7b", label: "daemon RSS right after the mount", unit: "MB", metric: "rss.mount"},
+		{id: "7c", label: "daemon RSS after the listings", unit: "MB", metric: "rss.listing"},
+		{id: "7d", label: "daemon RSS at the end (iriskvfs: LRU filled)", unit: "MB", metric: "rss.end"},
+		{id: "7e", label: "daemon peak RSS (VmHWM)", unit: "MB", metric: "hwm.end",
+			goals: []goal{{tIris, true, 150, "<150 MB"}}},
 	}
 }
 
-type soloRow struct{ label, unit, metric string }
-
-var soloRows = []soloRow{
-	{"6a. `mount --daemon` until it returns", "ms", "mount"},
-	{"6b. daemon busy after mount returned (store's background blob sweep)", "ms", "settle"},
-	{"6c. `unmount` until the store is released", "ms", "unmount"},
-	{"6d. daemon VmRSS right after mount", "MiB", "rss.mount"},
-	{"6e. daemon VmRSS after the listings", "MiB", "rss.listing"},
-	{"6f. daemon VmRSS at the end (listings, reads, writes, LRU filled)", "MiB", "rss.end"},
-	{"6g. daemon VmHWM (peak RSS)", "MiB", "hwm.end"},
-	{"4d. lstat of `_index.json` within listing 4a (generated to size it)", "ms", "ls.fuse.index.1"},
-	{"4e. lstat of `_index.json` within listing 4b", "ms", "ls.fuse.index.2"},
+// extraRows are details: iriskvfs's own, and the unmount.
+func (b *bench) extraRows() []row {
+	big := fmt.Sprintf("%d MB", b.o.sz.bigSize>>20)
+	return []row{
+		{id: "3c", label: big + " read, first after the mount, blob evicted from the host page cache, against that blob file read from ext4 (evicted too)", unit: "MB/s", metric: "big.disk", higher: true, ref: tExt4},
+		{id: "5d", label: "the lstat of `_index.json` within listing 5a (generated to size it)", unit: "ms", metric: "ls.index.1"},
+		{id: "5e", label: "the lstat of `_index.json` within listing 5b", unit: "ms", metric: "ls.index.2"},
+		{id: "6d", label: "mixed trace: p50 of the reads", unit: "ms", metric: "mix.read.p50", ref: tTmpfs},
+		{id: "6e", label: "mixed trace: p50 of the writes", unit: "ms", metric: "mix.write.p50", ref: tTmpfs},
+		{id: "6f", label: "mixed trace: p99 of the writes", unit: "ms", metric: "mix.write.p99", ref: tTmpfs},
+		{id: "7f", label: "daemon busy after `mount` returned (the store's background blob sweep; 200 ms steps)", unit: "ms", metric: "settle"},
+		{id: "7g", label: "unmount until the daemon is gone", unit: "ms", metric: "unmount"},
+	}
 }
 
-func (b *bench) med(metric string) float64 {
-	s, _ := summarize(b.res.vals[metric])
-	return s.med
+// shown are the targets of r that have figures, in report order.
+func (b *bench) shown(r row) []string {
+	var out []string
+	for _, t := range b.ts {
+		if r.only != nil && !slices.Contains(r.only, t.name) {
+			continue
+		}
+		if t.name == r.ref {
+			continue
+		}
+		if _, ok := summarize(b.res.get(r.metric, t.name)); ok {
+			out = append(out, t.name)
+		}
+	}
+	return out
 }
 
-func (b *bench) ratioMed(nat, fuse string) float64 {
-	s, _ := summarize(ratios(b.res.vals[nat], b.res.vals[fuse]))
-	return s.med
+func (b *bench) med(metric, target string) (float64, bool) {
+	s, ok := summarize(b.res.get(metric, target))
+	return s.med, ok
 }
 
-func (b *bench) report(w io.Writer, m machine) {
+// ratio is the median (and range) of target/reference, pair by pair.
+func (b *bench) ratio(r row, target string) (summary, bool) {
+	return summarize(ratios(b.res.get(r.metric, r.ref), b.res.get(r.metric, target)))
+}
+
+// figure is what a goal is checked on: the ratio, or the figure itself.
+func (b *bench) figure(r row, target string) (float64, bool) {
+	if r.ref == "" {
+		return b.med(r.metric, target)
+	}
+	s, ok := b.ratio(r, target)
+	return s.med, ok
+}
+
+func (b *bench) cell(r row, target string) string {
+	v, ok := b.med(r.metric, target)
+	if !ok {
+		return "–"
+	}
+	if r.ref == "" {
+		return num(v)
+	}
+	if s, ok := b.ratio(r, target); ok {
+		return fmt.Sprintf("%s (%s×)", num(v), num(s.med))
+	}
+	return num(v)
+}
+
+// ahead says whether iriskvfs's median beats each installed peer's.
+func (b *bench) ahead(r row) string {
+	iv, ok := b.med(r.metric, tIris)
+	if !ok || (r.only != nil && !slices.Contains(r.only, tGocrypt)) {
+		return "–"
+	}
+	var behind, compared []string
+	for _, p := range []string{tGocrypt, tRclone} {
+		pv, ok := b.med(r.metric, p)
+		if !ok {
+			continue
+		}
+		compared = append(compared, p)
+		if (r.higher && iv < pv) || (!r.higher && iv > pv) {
+			behind = append(behind, p)
+		}
+	}
+	switch {
+	case len(compared) == 0:
+		return "–"
+	case len(behind) == 0:
+		return "yes"
+	case r.peersOnTmpfs:
+		return "**no**: behind " + strings.Join(behind, ", ") + " (whose fsync goes to tmpfs)"
+	default:
+		return "**no**: behind " + strings.Join(behind, ", ")
+	}
+}
+
+func metStr(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "**missed**"
+}
+
+func (b *bench) report(w io.Writer) {
 	res := b.res
 	sz := b.o.sz
-	fmt.Fprintf(w, "## iriskvfs vs tmpfs, side by side\n\n")
+	m := b.info
+	fmt.Fprintf(w, "## iriskvfs against tmpfs, go-fuse loopback, gocryptfs and rclone, side by side\n\n")
 	fmt.Fprintf(w, "- machine: %s\n", m.oneLine())
+	for _, p := range []string{tGocrypt, tRclone} {
+		if pr := b.peers[p]; pr.skip != "" {
+			fmt.Fprintf(w, "- %s: %s\n", p, pr.skip)
+		} else {
+			fmt.Fprintf(w, "- %s: %s\n", p, pr.version)
+		}
+	}
 	fmt.Fprintf(w, "- command: `%s` (`make bench-fuse` is `go run ./cmd/iriskvfs-bench`)\n",
 		strings.Join(append([]string{"iriskvfs-bench"}, os.Args[1:]...), " "))
 	fmt.Fprintf(w, "- %d repetitions in %v; load average at start %s, at end %s; 1-min load per repetition %v\n",
 		b.o.reps, res.elapsed.Round(1e9), res.loadStart, res.loadEnd, res.loads)
-	fmt.Fprintf(w, "- the client runs with GODEBUG=asyncpreemptoff=1 (no runtime signals interrupting its FUSE requests); the daemon with the caller's environment\n")
-	fmt.Fprintf(w, "- drop_slab in /proc/vmstat: %d at start, %d at end (a change means someone dropped the kernel's caches mid-run)\n", res.slabStart, res.slabEnd)
-	fmt.Fprintf(w, "- iriskvfs mount: read_ahead_kb %s; listed directory held %d entries (keys + `_index.json`); LRU at the end: %d values, %.1f MiB\n",
-		res.readAhead, res.listEntries, res.hotEntries, float64(res.hotBytes)/(1<<20))
-	fmt.Fprintf(w, "- sizes: hot file %d B; %d × open+read+close per rep after %d warm-up; %d `cat` per side per rep; %d MB file with 1 MiB reads; %d keys of %d B; %d writes of %d B per side per rep\n\n",
-		sz.hotSize, sz.hotIters, sz.hotWarm, sz.cats, sz.bigSize>>20, sz.keys, sz.keySize, sz.writes, sz.writeSize)
-
-	fmt.Fprintf(w, "Median (min–max) over %d repetitions. The ratio is iriskvfs/native per repetition, then the median of those ratios: for times above 1 is slower, for MB/s below 1 is slower.\n\n", b.o.reps)
-	fmt.Fprintf(w, "| workload | unit | native | native median (min–max) | iriskvfs median (min–max) | ratio iriskvfs/native |\n")
-	fmt.Fprintf(w, "| --- | --- | --- | --- | --- | --- |\n")
-	for _, r := range b.pairRows() {
-		ns, ok1 := summarize(res.vals[r.nat])
-		fs, ok2 := summarize(res.vals[r.fuse])
-		rs, ok3 := summarize(ratios(res.vals[r.nat], res.vals[r.fuse]))
-		if !ok1 || !ok2 || !ok3 {
+	fmt.Fprintf(w, "- drop_slab in /proc/vmstat: %d at start, %d at end; this run dropped the caches %d times itself (workload 2); more means someone else did too\n",
+		res.slabStart, res.slabEnd, b.drops)
+	fmt.Fprintf(w, "- the client runs with GODEBUG=asyncpreemptoff=1 (no runtime signals interrupting its FUSE requests); the daemons with the caller's environment\n")
+	var ra []string
+	for _, t := range b.ts {
+		if v, ok := res.readAhead[t.name]; ok {
+			ra = append(ra, t.name+" "+v)
+		}
+	}
+	fmt.Fprintf(w, "- read_ahead_kb of the mounts: %s; iriskvfs's listed directory held %d entries (keys + `_index.json`); its LRU at the end: %d values, %.1f MiB\n",
+		strings.Join(ra, ", "), res.listEntries, res.hotEntries, float64(res.hotBytes)/(1<<20))
+	fmt.Fprintf(w, "- sizes: hot file %d B; %d × open+read+close per target per rep after %d warm-up; %d `cat` per target per rep; %d cold files of each kind; %d MB file with 1 MiB reads; %d files of %d B listed; %d writes of %d B per target per rep\n",
+		sz.hotSize, sz.hotIters, sz.hotWarm, sz.cats, sz.cold, sz.bigSize>>20, sz.keys, sz.keySize, sz.writes, sz.writeSize)
+	fmt.Fprintf(w, "- mixed trace (seed %d): %d clients × %d operations: %d reads, %d writes (1 KB–%d KB, log-uniform), %d deletes\n",
+		mixSeed, sz.mixClients, sz.mixOps, res.mixOps["read"], res.mixOps["write"], sz.mixMaxWrite/1000, res.mixOps["delete"])
+	fmt.Fprintf(w, "- targets:\n")
+	for _, t := range b.ts {
+		if t.skip != "" {
+			fmt.Fprintf(w, "  - %s: %s\n", t.name, t.skip)
 			continue
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", r.label, r.unit, r.natName, ns, fs, ratioString(rs))
+		fmt.Fprintf(w, "  - %s: %s\n", t.name, t.desc)
 	}
-	fmt.Fprintf(w, "\n| iriskvfs only | unit | median (min–max) |\n| --- | --- | --- |\n")
-	for _, r := range soloRows {
-		if s, ok := summarize(res.vals[r.metric]); ok {
-			fmt.Fprintf(w, "| %s | %s | %s |\n", r.label, r.unit, s)
+	for _, t := range b.ts {
+		for _, e := range res.errs[t.name] {
+			fmt.Fprintf(w, "- **%s failed**: %s\n", t.name, e)
 		}
 	}
 
-	fmt.Fprintf(w, "\n### Targets (issue 3; issue 6 where it is stricter or adds one)\n\n")
-	fmt.Fprintf(w, "| target | measured (median) | met? |\n| --- | --- | --- |\n")
-	yes := func(ok bool) string {
-		if ok {
-			return "met"
+	// The summary: one column per target, the issue's targets beside
+	// iriskvfs's ratio.
+	cols := []string{tLoopback, tGocrypt, tRclone}
+	var shownCols []string
+	for _, c := range cols {
+		if t := b.target(c); t != nil && t.skip == "" {
+			shownCols = append(shownCols, c)
 		}
-		return "**missed**"
 	}
-	cat := b.ratioMed("cat.tmpfs", "cat.fuse")
-	fmt.Fprintf(w, "| `cat` as a process within 1.1× tmpfs | %s× | %s |\n", num(cat), yes(cat <= 1.1))
-	orc := b.ratioMed("orc.tmpfs", "orc.fuse")
-	fmt.Fprintf(w, "| open+read+close within 10× tmpfs (issue 6: 5×) | %s× | %s |\n", num(orc), yes(orc <= 10))
-	cold := b.ratioMed("big.tmpfs", "big.fuse.cold")
-	again := b.ratioMed("big.tmpfs", "big.fuse.repeat")
-	fmt.Fprintf(w, "| %d MB sequential read at least 0.8× tmpfs: first read after mount (SHA-256 of the whole value at open) | %s× | %s |\n",
-		sz.bigSize>>20, num(cold), yes(cold >= 0.8))
-	fmt.Fprintf(w, "| the same, repeat read | %s× | %s |\n", num(again), yes(again >= 0.8))
-	ls1 := b.ratioMed("ls.tmpfs.1", "ls.fuse.1")
-	ls2 := b.ratioMed("ls.tmpfs.2", "ls.fuse.2")
-	fmt.Fprintf(w, "| `ls -l` (getdents+lstat) of %d keys within 3× tmpfs, first listing | %s× | %s |\n", sz.keys, num(ls1), yes(ls1 <= 3))
-	fmt.Fprintf(w, "| the same, repeat listing at native speed (issue 6) | %s× | %s |\n", num(ls2), yes(ls2 <= 1.05))
-	lsp := b.ratioMed("lsproc.tmpfs", "lsproc.fuse")
-	fmt.Fprintf(w, "| real `ls -l` process within 3× tmpfs | %s× | %s |\n", num(lsp), yes(lsp <= 3))
-	hwm := b.med("hwm.end")
-	fmt.Fprintf(w, "| daemon memory bounded with %d keys and a full LRU (issue 6: under 150 MB) | RSS %s MiB at the end, peak %s MiB | %s |\n",
-		sz.keys, num(b.med("rss.end")), num(hwm), yes(hwm < 150))
-	wr := b.ratioMed("write.native", "write.fuse")
-	fmt.Fprintf(w, "| durable 4 KB write within 2× native write+fsync+rename (issue 6) | %s× (%s× against +fsync(dir)) | %s |\n",
-		num(wr), num(b.ratioMed("write.nativedir", "write.fuse")), yes(wr <= 2))
-	mt := b.med("mount")
-	fmt.Fprintf(w, "| mount with %d keys under 1 s (issue 6) | %s ms | %s |\n", sz.keys, num(mt), yes(mt < 1000))
+	fmt.Fprintf(w, "\nMedian over %d repetitions; in brackets the ratio to the reference (tmpfs unless the row says otherwise), computed repetition by repetition, then the median. For times above 1× is slower, for MB/s and ops/s below 1× is slower. Min–max are in the detailed table below.\n\n", b.o.reps)
+	fmt.Fprintf(w, "| # | workload | unit | reference | iriskvfs | iriskvfs ratio | issue target | met? | iriskvfs --read-only |")
+	for _, c := range shownCols {
+		fmt.Fprintf(w, " %s |", c)
+	}
+	fmt.Fprintf(w, " iriskvfs ahead of gocryptfs and rclone? |\n|---|---|---|---|---|---|---|---|---|")
+	for range shownCols {
+		fmt.Fprintf(w, "---|")
+	}
+	fmt.Fprintf(w, "---|\n")
+	for _, r := range b.rows() {
+		ref := "–"
+		if r.ref != "" {
+			if v, ok := b.med(r.metric, r.ref); ok {
+				ref = r.ref + " " + num(v)
+			}
+		}
+		iv := "–"
+		if v, ok := b.med(r.metric, tIris); ok {
+			iv = num(v)
+		}
+		ir := "–"
+		if r.ref != "" {
+			if s, ok := b.ratio(r, tIris); ok {
+				ir = fmt.Sprintf("**%s×**", num(s.med))
+			}
+		}
+		var gt, gm []string
+		for _, g := range r.goals {
+			gt = append(gt, g.text)
+			if v, ok := b.figure(r, g.who); ok {
+				s := metStr(g.met(v))
+				if g.who == tIrisRO {
+					s = fmt.Sprintf("--read-only %s× %s", num(v), s)
+				}
+				gm = append(gm, s)
+			} else {
+				gm = append(gm, "not measured")
+			}
+		}
+		show := func(t string) string {
+			if c, ok := r.cols[t]; ok {
+				return b.cell(r, c)
+			}
+			if r.only != nil && !slices.Contains(r.only, t) {
+				return "–"
+			}
+			return b.cell(r, t)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |", r.id, r.label, r.unit, ref, iv, ir,
+			orDash(strings.Join(gt, "; ")), orDash(strings.Join(gm, "; ")), show(tIrisRO))
+		for _, c := range shownCols {
+			fmt.Fprintf(w, " %s |", show(c))
+		}
+		fmt.Fprintf(w, " %s |\n", b.ahead(r))
+	}
 
-	if len(res.rt) > 0 {
+	// The details: every figure with its range.
+	fmt.Fprintf(w, "\n### Every figure: median (min–max) over %d repetitions, and the ratio to the reference pair by pair\n\n", b.o.reps)
+	fmt.Fprintf(w, "| # | unit | target | median (min–max) | ratio to reference (min–max) |\n|---|---|---|---|---|\n")
+	for _, r := range append(b.rows(), b.extraRows()...) {
+		var lines []string
+		if r.ref != "" {
+			if s, ok := summarize(b.res.get(r.metric, r.ref)); ok {
+				lines = append(lines, fmt.Sprintf("| %s | %s | %s (reference) | %s | 1 |", r.id, r.unit, r.ref, s))
+			}
+		}
+		for _, t := range b.shown(r) {
+			s, _ := summarize(b.res.get(r.metric, t))
+			rs := "–"
+			if r.ref != "" {
+				if x, ok := b.ratio(r, t); ok {
+					rs = fmt.Sprintf("%s× (%s–%s)", num(x.med), num(x.lo), num(x.hi))
+				}
+			}
+			lines = append(lines, fmt.Sprintf("| %s | %s | %s | %s | %s |", r.id, r.unit, t, s, rs))
+		}
+		for _, l := range lines {
+			fmt.Fprintln(w, l)
+		}
+	}
+	fmt.Fprintf(w, "\nRows: %s\n", rowLegend(b.extraRows()))
+
+	if len(res.rt) > 0 || len(res.rtRO) > 0 {
 		fmt.Fprintf(w, "\n### FUSE requests per operation (`mount --debug`, counted from go-fuse's log; `mount --daemon --debug` took %v)\n\n", res.rtMount.Round(1e6))
-		fmt.Fprintf(w, "| operation | requests |\n| --- | --- |\n")
+		fmt.Fprintf(w, "| mount | operation | requests |\n| --- | --- | --- |\n")
 		for _, c := range res.rt {
-			fmt.Fprintf(w, "| %s | %s |\n", c.label, c)
+			fmt.Fprintf(w, "| iriskvfs | %s | %s |\n", c.label, c)
+		}
+		for _, c := range res.rtRO {
+			fmt.Fprintf(w, "| iriskvfs --read-only | %s | %s |\n", c.label, c)
 		}
 	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "–"
+	}
+	return s
+}
+
+func rowLegend(rows []row) string {
+	var parts []string
+	for _, r := range rows {
+		parts = append(parts, r.id+" "+r.label)
+	}
+	return strings.Join(parts, "; ") + "."
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -90,103 +91,126 @@ func countRequests(log string) rtCount {
 
 // countRoundTrips mounts the fixture once more with --debug (go-fuse logs
 // every request to STORE/daemon.log) and counts the requests behind one
-// operation of each kind.
+// operation of each kind; then the same for the hot path of the
+// --read-only mount.
 func (b *bench) countRoundTrips() error {
 	sz := b.o.sz
-	logPath := filepath.Join(b.fx.storeDir, "daemon.log")
-	if err := os.Truncate(logPath, 0); err != nil && !os.IsNotExist(err) {
-		return err
-	}
-	d, err := b.mount(true)
-	if err != nil {
-		return err
-	}
-	b.res.rtMount = d
-	b.settle(20 * time.Second)
 	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	if err != nil {
 		return err
 	}
 	defer devnull.Close()
-	measure := func(label string, fn func() error) error {
-		time.Sleep(300 * time.Millisecond) // what earlier operations left (RELEASE is asynchronous)
-		fi, err := os.Stat(logPath)
-		if err != nil {
-			return err
-		}
-		if err := fn(); err != nil {
-			return err
-		}
-		time.Sleep(500 * time.Millisecond)
-		f, err := os.Open(logPath)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		data, err := io.ReadAll(io.NewSectionReader(f, fi.Size(), 1<<40))
-		if err != nil {
-			return err
-		}
-		c := countRequests(string(data))
-		c.label = label
-		b.res.rt = append(b.res.rt, c)
-		return nil
-	}
 	buf := make([]byte, 64<<10)
 	big := make([]byte, 1<<20)
-	hot := b.fusePath(hotScope, hotKey)
-	orc := func() error { _, err := openReadClose(hot, 1, buf); return err }
-	warmHot := func() error { _, err := openReadClose(hot, 10, buf); return err }
-	warmCat := func() error {
-		for i := 0; i < 2; i++ {
-			if _, err := catOnce(hot, devnull); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	list := func() error { _, err := lsl(filepath.Join(b.mnt, listScope)); return err }
-	readBig := func() error { _, err := seqRead(b.fusePath(bigScope, bigKeyA), sz.bigSize, big); return err }
-	steps := []struct {
+
+	type step struct {
 		label string
 		warm  func() error // run first, not counted
 		fn    func() error
-	}{
-		{"open+read+close 20 KB, first after the mount", nil, orc},
-		{"open+read+close 20 KB, second", nil, orc},
-		{"open+read+close 20 KB, hot (after 10 more)", warmHot, orc},
-		{"cat 20 KB as a process, hot (after 2 more)", warmCat, func() error { _, err := catOnce(hot, devnull); return err }},
-		{fmt.Sprintf("getdents+lstat of %d keys, first after the mount", sz.keys), nil, list},
-		{fmt.Sprintf("getdents+lstat of %d keys, second", sz.keys), nil, list},
-		{fmt.Sprintf("ls -l process of %d keys (after the two listings)", sz.keys), nil, func() error {
-			_, err := lsProcess(filepath.Join(b.mnt, listScope), devnull)
+	}
+	count := func(m *irisMount, steps []step) ([]rtCount, time.Duration, error) {
+		logPath := filepath.Join(m.fx.storeDir, "daemon.log")
+		if err := os.Truncate(logPath, 0); err != nil && !os.IsNotExist(err) {
+			return nil, 0, err
+		}
+		d, err := m.mount()
+		if err != nil {
+			return nil, 0, err
+		}
+		defer m.unmount()
+		settle(m.pid, 20*time.Second)
+		var out []rtCount
+		for _, s := range steps {
+			if s.warm != nil {
+				if err := s.warm(); err != nil {
+					return nil, 0, fmt.Errorf("%s: %w", s.label, err)
+				}
+			}
+			time.Sleep(300 * time.Millisecond) // what earlier operations left (RELEASE is asynchronous)
+			fi, err := os.Stat(logPath)
+			if err != nil {
+				return nil, 0, err
+			}
+			if err := s.fn(); err != nil {
+				return nil, 0, fmt.Errorf("%s: %w", s.label, err)
+			}
+			time.Sleep(500 * time.Millisecond)
+			data, err := readFrom(logPath, fi.Size())
+			if err != nil {
+				return nil, 0, err
+			}
+			c := countRequests(data)
+			c.label = s.label
+			out = append(out, c)
+		}
+		if _, err := m.unmount(); err != nil {
+			return nil, 0, err
+		}
+		keep := filepath.Join(b.o.dir, "rt-debug-"+filepath.Base(m.mnt)+".log")
+		if err := os.Rename(logPath, keep); err == nil {
+			fmt.Printf("the debug log is in %s\n", keep)
+		}
+		return out, d, nil
+	}
+	hotSteps := func(mnt string) []step {
+		hot := filepath.Join(mnt, hotRel)
+		orc := func() error { _, err := openReadClose(hot, 1, buf); return err }
+		return []step{
+			{"open+read+close 20 KB, first after the mount", nil, orc},
+			{"open+read+close 20 KB, second", nil, orc},
+			{"open+read+close 20 KB, hot (after 10 more)", func() error { _, err := openReadClose(hot, 10, buf); return err }, orc},
+			{"cat 20 KB as a process, hot (after 2 more)", func() error {
+				for i := 0; i < 2; i++ {
+					if _, err := catOnce(hot, devnull); err != nil {
+						return err
+					}
+				}
+				return nil
+			}, func() error { _, err := catOnce(hot, devnull); return err }},
+		}
+	}
+
+	rw := b.target(tIris)
+	m := &irisMount{bin: b.bin, fx: b.fx, mnt: rw.root, debug: true}
+	list := func() error { _, err := lsl(rw.path(listRel)); return err }
+	readBig := func() error { _, err := seqRead(rw.path(bigRel), sz.bigSize, big); return err }
+	steps := append(hotSteps(rw.root),
+		step{fmt.Sprintf("getdents+lstat of %d keys, first after the mount", sz.keys), nil, list},
+		step{fmt.Sprintf("getdents+lstat of %d keys, second", sz.keys), nil, list},
+		step{fmt.Sprintf("ls -l process of %d keys (after the two listings)", sz.keys), nil, func() error {
+			_, err := lsProcess(rw.path(listRel), devnull)
 			return err
 		}},
-		{fmt.Sprintf("%d MB read, first after the mount", sz.bigSize>>20), nil, readBig},
-		{fmt.Sprintf("%d MB read, repeat", sz.bigSize>>20), nil, readBig},
-		{"create+write+close 4 KB, new key (after one other)", func() error {
-			return createWrite(b.fusePath(writeScope, "rt-write-0"), make([]byte, sz.writeSize))
+		step{fmt.Sprintf("%d MB read, first after the mount", sz.bigSize>>20), nil, readBig},
+		step{fmt.Sprintf("%d MB read, repeat", sz.bigSize>>20), nil, readBig},
+		step{"create+write+close 4 KB, new key (after one other)", func() error {
+			return createWrite(rw.path(writeScope+"/rt-write-0"), make([]byte, sz.writeSize))
 		}, func() error {
-			return createWrite(b.fusePath(writeScope, "rt-write-1"), make([]byte, sz.writeSize))
+			return createWrite(rw.path(writeScope+"/rt-write-1"), make([]byte, sz.writeSize))
 		}},
-	}
-	for _, s := range steps {
-		if s.warm != nil {
-			if err := s.warm(); err != nil {
-				return fmt.Errorf("%s: %w", s.label, err)
-			}
-		}
-		if err := measure(s.label, s.fn); err != nil {
-			return fmt.Errorf("%s: %w", s.label, err)
-		}
-	}
-	if _, err := b.unmount(); err != nil {
+		step{"unlink of a key", nil, func() error { return os.Remove(rw.path(writeScope + "/rt-write-0")) }},
+	)
+	if b.res.rt, b.res.rtMount, err = count(m, steps); err != nil {
 		return err
 	}
-	// Keep the log for inspection.
-	keep := filepath.Join(b.o.dir, "rt-debug.log")
-	if err := os.Rename(logPath, keep); err == nil {
-		fmt.Printf("the debug log is in %s\n", keep)
+	cmd := exec.Command(b.bin, "--store", b.fx.storeDir, "--config", b.fx.config, "clear", writeScope)
+	cmd.Env = childEnv()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("iriskvfs clear %s: %v: %s", writeScope, err, strings.TrimSpace(string(out)))
 	}
-	return nil
+
+	ro := b.target(tIrisRO)
+	mro := &irisMount{bin: b.bin, fx: b.fxRO, mnt: ro.root, readOnly: true, debug: true}
+	b.res.rtRO, _, err = count(mro, hotSteps(ro.root))
+	return err
+}
+
+func readFrom(path string, off int64) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.NewSectionReader(f, off, 1<<40))
+	return string(data), err
 }

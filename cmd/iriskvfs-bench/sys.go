@@ -239,3 +239,11 @@ func readAheadKB(point string) string {
 	}
 	return strings.TrimSpace(string(b))
 }
+
+// dropCaches writes back dirty data and drops the kernel's page cache,
+// dentries and inodes (echo 3 > /proc/sys/vm/drop_caches), FUSE ones
+// included.
+func dropCaches() error {
+	unix.Sync()
+	return os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0o200)
+}

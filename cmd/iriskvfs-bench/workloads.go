@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"syscall"
 	"time"
 )
@@ -68,9 +67,11 @@ func catOnce(path string, devnull *os.File) (time.Duration, error) {
 
 // catInterleaved runs n rounds of one cat per path, in a freshly shuffled
 // order each round (so that load drift and the leftovers of the previous
-// cat are shared fairly), and returns each path's median.
-func catInterleaved(paths []string, n int, devnull *os.File, shuffle func(int, func(i, j int))) ([]time.Duration, error) {
+// cat are shared fairly), and returns each path's median. A path whose cat
+// fails gets its error and is left out of later rounds.
+func catInterleaved(paths []string, n int, devnull *os.File, shuffle func(int, func(i, j int))) ([]time.Duration, []error) {
 	times := make([][]time.Duration, len(paths))
+	errs := make([]error, len(paths))
 	order := make([]int, len(paths))
 	for i := range order {
 		order[i] = i
@@ -78,19 +79,24 @@ func catInterleaved(paths []string, n int, devnull *os.File, shuffle func(int, f
 	for r := 0; r < n; r++ {
 		shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
 		for _, p := range order {
+			if errs[p] != nil {
+				continue
+			}
 			d, err := catOnce(paths[p], devnull)
 			if err != nil {
-				return nil, err
+				errs[p] = err
+				continue
 			}
 			times[p] = append(times[p], d)
 		}
 	}
 	med := make([]time.Duration, len(paths))
 	for i, t := range times {
-		slices.Sort(t)
-		med[i] = t[len(t)/2]
+		if errs[i] == nil && len(t) > 0 {
+			med[i] = medianDuration(t)
+		}
 	}
-	return med, nil
+	return med, errs
 }
 
 // listing is one ls -l equivalent of a directory.
