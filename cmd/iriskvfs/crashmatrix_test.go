@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -436,31 +435,9 @@ func (r *matrixRun) writerKill(d *daemon, path string) *mountWriter {
 		}
 	}
 	state, _ := json.Marshal(model)
-	w := &mountWriter{t: t, lines: make(chan string), pending: map[string]*crashOp{}, acked: map[string]*crashOp{}}
-	w.cmd = exec.Command(os.Args[0], "-test.run=^TestMatrixWriter$", "-test.count=1")
-	w.cmd.Env = append(os.Environ(), crashChildEnv+"="+matrixWriterMode,
+	w := startWriterChild(t, "TestMatrixWriter", crashChildEnv+"="+matrixWriterMode,
 		mcrashDirEnv+"="+filepath.Join(r.point, matrixScope), crashSeedEnv+"="+strconv.FormatUint(r.rng.Uint64(), 10),
 		matrixKindEnv+"="+path, matrixStateEnv+"="+string(state))
-	w.cmd.Stderr = &w.stderr
-	stdout, err := w.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if !w.ended {
-			_ = w.cmd.Process.Kill()
-		}
-	})
-	go func() {
-		defer close(w.lines)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			w.lines <- sc.Text()
-		}
-	}()
 	pending := map[string]mchange{}
 	// Half the kills come a random 5-150 ms after the writer started, the
 	// others 0-1.5 ms after the n-th announcement of the path's kind.

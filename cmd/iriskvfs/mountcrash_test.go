@@ -249,10 +249,19 @@ type mountWriter struct {
 
 func startMountWriter(t *testing.T, point string, seed uint64) *mountWriter {
 	t.Helper()
-	w := &mountWriter{t: t, lines: make(chan string), pending: map[string]*crashOp{}, acked: map[string]*crashOp{}}
-	w.cmd = exec.Command(os.Args[0], "-test.run=^TestMountCrashWriter$", "-test.count=1")
-	w.cmd.Env = append(os.Environ(), crashChildEnv+"="+mountWriterMode,
+	return startWriterChild(t, "TestMountCrashWriter",
+		crashChildEnv+"="+mountWriterMode,
 		mcrashDirEnv+"="+filepath.Join(point, mcrashScope), crashSeedEnv+"="+strconv.FormatUint(seed, 10))
+}
+
+// startWriterChild runs this test binary's test named run as a writer
+// child with env added, its stdout lines on w.lines; the test's cleanup
+// kills it unless it ended.
+func startWriterChild(t *testing.T, run string, env ...string) *mountWriter {
+	t.Helper()
+	w := &mountWriter{t: t, lines: make(chan string), pending: map[string]*crashOp{}, acked: map[string]*crashOp{}}
+	w.cmd = exec.Command(os.Args[0], "-test.run=^"+run+"$", "-test.count=1")
+	w.cmd.Env = append(os.Environ(), env...)
 	w.cmd.Stderr = &w.stderr
 	stdout, err := w.cmd.StdoutPipe()
 	if err != nil {
