@@ -3,6 +3,7 @@ package store
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -197,15 +198,20 @@ func (s *Store) Fsck(repair bool) (*FsckReport, error) {
 
 	// Repair: quarantine bad blobs, drop broken and undecodable entries,
 	// rebuild the derived state from what remains, remove unreferenced files.
+	// A bad blob is linked into quarantine now and leaves blobs/ only after
+	// the commit that drops its entries: a repair killed in between leaves
+	// entries that still point at their (refused) value, never at nothing.
 	stamp := s.now().UTC().Format("20060102T150405")
+	var quarantined []index.Fingerprint
 	for fp, p := range blobState {
 		if p.Kind == ProblemMissingBlob {
 			continue
 		}
 		dst := filepath.Join(s.dir, quarantineDir, hex.EncodeToString(fp[:])+"."+stamp)
-		if err := os.Rename(s.BlobPath(fp), dst); err != nil {
+		if err := os.Link(s.BlobPath(fp), dst); err != nil && !errors.Is(err, os.ErrExist) {
 			return rep, opErr("fsck", "", "", err)
 		}
+		quarantined = append(quarantined, fp)
 		s.hot.remove(fp)
 		s.verified.forget(fp)
 		rep.Repairs = append(rep.Repairs, "quarantined "+dst)
@@ -229,6 +235,11 @@ func (s *Store) Fsck(repair bool) (*FsckReport, error) {
 	})
 	if err != nil {
 		return rep, opErr("fsck", "", "", err)
+	}
+	for _, fp := range quarantined {
+		if err := os.Remove(s.BlobPath(fp)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return rep, opErr("fsck", "", "", err)
+		}
 	}
 	for _, scope := range scopes {
 		for _, key := range scans[scope].corrupt {

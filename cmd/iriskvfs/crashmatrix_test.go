@@ -780,6 +780,11 @@ func (r *matrixRun) verifyRepair() {
 		t.Fatalf("fsck --json: %v (%s)", err, res)
 	}
 	for _, p := range rep.Problems {
+		// A repair killed after its commit may leave a quarantined value's
+		// file in blobs/ too, unreferenced: space, not data.
+		if p.Kind == store.ProblemOrphanBlob && !r.lastAdminAcked {
+			continue
+		}
 		if p.Kind != store.ProblemHashMismatch || !slices.Contains(r.corrupt, p.Key) || r.lastAdminAcked {
 			t.Errorf("after killing fsck --repair (acknowledged: %v): fsck: %s", r.lastAdminAcked, p)
 		}
