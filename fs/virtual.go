@@ -152,7 +152,7 @@ func (v *virtualFile) lookup(ctx context.Context, parent *gofs.Inode, name strin
 	s := v.current
 	// Reuse the snapshot inode only while the kernel still has it under
 	// this name: one it forgot must not be handed out again.
-	if s == nil || parent.GetChild(name) != s.EmbeddedInode() || !sameBytes(s.snap, data) {
+	if s == nil || parent.GetChild(name) != s.EmbeddedInode() || !bytes.Equal(s.snap, data) {
 		s = &virtualFile{fs: v.fs, generate: v.generate, fixed: true, snap: data, made: time.Now()}
 		parent.NewInode(ctx, s, gofs.StableAttr{Mode: syscall.S_IFREG})
 		v.current = s
@@ -164,17 +164,6 @@ func (v *virtualFile) lookup(ctx context.Context, parent *gofs.Inode, name strin
 	out.SetAttrTimeout(a.Timeout())
 	out.SetEntryTimeout(noCache) // look it up again at every open
 	return s.EmbeddedInode(), 0
-}
-
-// sameBytes compares two snapshots.
-func sameBytes(a, b []byte) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	if len(a) == 0 || &a[0] == &b[0] {
-		return true
-	}
-	return bytes.Equal(a, b)
 }
 
 // Setxattr: a virtual file takes no changes, its attributes included.

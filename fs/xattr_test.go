@@ -2,6 +2,7 @@ package fs
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"os"
@@ -221,4 +222,37 @@ func TestTTLExpiryInjectedClock(t *testing.T) {
 	if got := listDir(t, tm.path("task")); len(got) != 1 {
 		t.Errorf("task lists %q 49 h later, want only _index.json", got)
 	}
+}
+
+// TestPOSIXACLs: the mount negotiates POSIX ACLs (so the kernel caches the
+// answer ls -l asks of every file) but keeps none: a file has no ACL, and
+// setting one is refused and changes nothing.
+func TestPOSIXACLs(t *testing.T) {
+	tm := mountStore(t, mountOptions{})
+	p := tm.path("task", "k")
+	writeFile(t, p, []byte("v"))
+	for i := 0; i < 2; i++ { // the second answer comes from the kernel's cache
+		_, err := unix.Getxattr(p, "system.posix_acl_access", make([]byte, 256))
+		wantErrno(t, "get the access ACL", err, syscall.ENODATA)
+	}
+	// user::rw- user:65534:r-- group::r-- mask::r-- other::r--: not
+	// expressible as a mode, so it reaches the filesystem.
+	acl := []byte{2, 0, 0, 0}
+	for _, e := range []struct {
+		tag, perm uint16
+		id        uint32
+	}{{0x01, 6, 0xffffffff}, {0x02, 4, 65534}, {0x04, 4, 0xffffffff}, {0x10, 4, 0xffffffff}, {0x20, 4, 0xffffffff}} {
+		acl = binary.LittleEndian.AppendUint16(acl, e.tag)
+		acl = binary.LittleEndian.AppendUint16(acl, e.perm)
+		acl = binary.LittleEndian.AppendUint32(acl, e.id)
+	}
+	err := unix.Setxattr(p, "system.posix_acl_access", acl, 0)
+	wantErrno(t, "set an access ACL", err, syscall.EOPNOTSUPP)
+	_, err = unix.Getxattr(p, "system.posix_acl_access", make([]byte, 256))
+	wantErrno(t, "get the access ACL after the refused set", err, syscall.ENODATA)
+	var st syscall.Stat_t
+	if err := syscall.Stat(p, &st); err != nil || st.Mode&0o777 != 0o644 {
+		t.Errorf("mode after the refused ACL: %o (%v), want 644", st.Mode&0o777, err)
+	}
+	tm.wantValue(t, "task", "k", []byte("v"))
 }

@@ -160,6 +160,29 @@ func crashIterations(t *testing.T, normal, short int) int {
 	return normal
 }
 
+// crashSeed is the seed a crash test runs with: IRISKVFS_CRASH_SEED to
+// replay one a failure printed, else a fresh one.
+func crashSeed() uint64 {
+	if v := os.Getenv(crashSeedEnv); v != "" {
+		seed, _ := strconv.ParseUint(v, 10, 64)
+		return seed
+	}
+	return uint64(time.Now().UnixNano())
+}
+
+// writeInChunks writes b to f in writes of random sizes up to 96 KiB, so a
+// kill can land between any two of them.
+func writeInChunks(f *os.File, b []byte, rng *rand.Rand) error {
+	for rest := b; len(rest) > 0; {
+		n := min(len(rest), 1+rng.IntN(96<<10))
+		if _, err := f.Write(rest[:n]); err != nil {
+			return err
+		}
+		rest = rest[n:]
+	}
+	return nil
+}
+
 // TestCrashKill kills a writing process with SIGKILL at random moments, many
 // times over the same store, and after each kill checks that the store opens,
 // every acknowledged value reads back intact (a key the child was writing
@@ -167,10 +190,7 @@ func crashIterations(t *testing.T, normal, short int) int {
 // deleted, no unknown key appears, and fsck is clean.
 func TestCrashKill(t *testing.T) {
 	iters := crashIterations(t, 40, 10)
-	seed := uint64(time.Now().UnixNano())
-	if v := os.Getenv(crashSeedEnv); v != "" {
-		seed, _ = strconv.ParseUint(v, 10, 64)
-	}
+	seed := crashSeed()
 	t.Logf("seed %d (set %s to replay), %d iterations", seed, crashSeedEnv, iters)
 	rng := rand.New(rand.NewPCG(seed, 7))
 	dir := filepath.Join(t.TempDir(), "store")

@@ -228,12 +228,8 @@ func TestMatrixWriter(t *testing.T) {
 					if err != nil {
 						fail(err)
 					}
-					for rest := b; len(rest) > 0; {
-						n := min(len(rest), 1+rng.IntN(96<<10))
-						if _, err := f.Write(rest[:n]); err != nil {
-							fail(err)
-						}
-						rest = rest[n:]
+					if err := writeInChunks(f, b, rng); err != nil {
+						fail(err)
 					}
 					if err := f.Close(); err != nil {
 						fail(err)
@@ -285,12 +281,8 @@ func TestMatrixWriter(t *testing.T) {
 						fail(err)
 					}
 					b := data()
-					for rest := b; len(rest) > 0; {
-						n := min(len(rest), 1+rng.IntN(96<<10))
-						if _, err := f.Write(rest[:n]); err != nil {
-							fail(err)
-						}
-						rest = rest[n:]
+					if err := writeInChunks(f, b, rng); err != nil {
+						fail(err)
 					}
 					st := states[key]
 					st.hash = hashOf(b)
@@ -368,10 +360,7 @@ func TestCrashMatrix(t *testing.T) {
 	requireFUSE(t)
 	iters := crashIterations(t, 2*len(matrixPaths), len(matrixPaths))
 	iters = max(iters, len(matrixPaths))
-	seed := uint64(time.Now().UnixNano())
-	if v := os.Getenv(crashSeedEnv); v != "" {
-		seed, _ = strconv.ParseUint(v, 10, 64)
-	}
+	seed := crashSeed()
 	t.Logf("seed %d (set %s to replay), %d kills over %d paths", seed, crashSeedEnv, iters, len(matrixPaths))
 	tmp := t.TempDir()
 	r := &matrixRun{

@@ -116,12 +116,8 @@ func TestMountCrashWriter(t *testing.T) {
 				if err != nil {
 					fail(err)
 				}
-				for rest := data; len(rest) > 0; {
-					n := min(len(rest), 1+rng.IntN(96<<10))
-					if _, err := f.Write(rest[:n]); err != nil {
-						fail(err)
-					}
-					rest = rest[n:]
+				if err := writeInChunks(f, data, rng); err != nil {
+					fail(err)
 				}
 				if err := f.Close(); err != nil {
 					fail(err)
@@ -151,10 +147,7 @@ func TestMountCrashWriter(t *testing.T) {
 func TestMountCrashKill(t *testing.T) {
 	requireFUSE(t)
 	iters := crashIterations(t, 15, 5)
-	seed := uint64(time.Now().UnixNano())
-	if v := os.Getenv(crashSeedEnv); v != "" {
-		seed, _ = strconv.ParseUint(v, 10, 64)
-	}
+	seed := crashSeed()
 	t.Logf("seed %d (set %s to replay), %d kills", seed, crashSeedEnv, iters)
 	rng := rand.New(rand.NewPCG(seed, 11))
 	tmp := t.TempDir()
