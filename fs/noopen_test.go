@@ -476,6 +476,7 @@ func TestReadOnlyValueReplaced(t *testing.T) {
 		v1, v2 := makeValue(1, 1, c.size), makeValue(1, 2, c.size*2+1)
 		tm.put(c.scope, c.key, v1, store.PutOptions{})
 		tm.wantValue(t, c.scope, c.key, v1)
+		drops := dropSlab(t)
 		held, err := os.Open(p)
 		if err != nil {
 			t.Fatal(err)
@@ -486,7 +487,11 @@ func TestReadOnlyValueReplaced(t *testing.T) {
 		dropPages(t, p) // the held one is read from the daemon again
 		got := make([]byte, len(v1)+10)
 		n, _ := held.ReadAt(got, 0)
-		if !bytes.Equal(got[:n], v1) {
+		// Another process emptying the caches can make the kernel forget
+		// the inode the value was read through before held opened the name:
+		// held then got an inode never read, whose value is gone (ESTALE,
+		// README "Read-only mounts").
+		if !bytes.Equal(got[:n], v1) && dropSlab(t) == drops {
 			_, _, cerr := checkValue(got[:n])
 			t.Errorf("%s: a descriptor opened before the replacement read %d bytes (%v), want the old value", c.key, n, cerr)
 		}

@@ -417,6 +417,9 @@ func (b *bench) coldReads(r int) error {
 }
 
 func (b *bench) dropCaches() error {
+	if b.o.keepCaches {
+		return nil
+	}
 	b.drops++
 	return dropCaches()
 }

@@ -138,7 +138,7 @@ func TestSmoke(t *testing.T) {
 	defer cleanup.run()
 	dir := t.TempDir()
 	var out bytes.Buffer
-	o := &options{reps: 1, dir: dir, rt: true, peers: true, out: &out, sz: sizes{
+	o := &options{reps: 1, dir: dir, rt: true, peers: true, out: &out, keepCaches: true, sz: sizes{
 		keys: 300, keySize: 1 << 10, hotSize: 20 << 10, hotWarm: 20, hotIters: 200,
 		cats: 3, cold: 2, bigSize: 2 << 20, writes: 50, writeSize: 4 << 10,
 		lruValues: 2, lruSize: 100_000,

@@ -89,6 +89,10 @@ type options struct {
 	peers bool
 	sz    sizes
 	out   io.Writer // the report
+	// keepCaches skips drop_caches (the cold reads are then warm): the
+	// smoke test runs beside other packages' tests, and emptying the
+	// machine's caches under them makes their kernels forget what they hold.
+	keepCaches bool
 }
 
 // cleanups run in reverse order, once, on return, error, panic or signal.
