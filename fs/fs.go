@@ -93,10 +93,9 @@ func MountOptions(storeDir string, opts Options, allowOther, directMount bool) *
 		AllowOther:  allowOther,
 		DirectMount: directMount,
 		MaxWrite:    1 << 20,
-		// Our xattrs are metadata, not security labels: don't let the
-		// kernel ask for security.* on every write.
-		IgnoreSecurityLabels: true,
-		EnableAcl:            true,
+		// No IgnoreSecurityLabels and no EnableAcl: security.* and the
+		// POSIX ACL names reach our nodes, which answer ENOTSUP (see
+		// absentXattr); go-fuse's shortcut would answer ENODATA.
 		// open(O_TRUNC) arrives as an OPEN carrying O_TRUNC, staged in the
 		// write handle like any write. Without it the kernel sends a
 		// SETATTR(size 0) with no file handle, which is truncate(2) on a

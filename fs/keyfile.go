@@ -582,9 +582,8 @@ func (k *keyFile) xattrs() ([]string, map[string]string, syscall.Errno) {
 
 func (k *keyFile) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
 	if !strings.HasPrefix(attr, xattrPrefix) {
-		// ls -l asks for security.selinux and system.posix_acl_access of
-		// every file: answer without touching the store.
-		return 0, syscall.ENODATA
+		// Without touching the store (see absentXattr).
+		return 0, absentXattr(attr)
 	}
 	_, vals, errno := k.xattrs()
 	if errno != 0 {
@@ -703,7 +702,7 @@ func (k *keyFile) Removexattr(ctx context.Context, attr string) syscall.Errno {
 		if strings.HasPrefix(attr, xattrPrefix) {
 			return syscall.EPERM
 		}
-		return syscall.ENODATA
+		return absentXattr(attr)
 	}
 	name := strings.TrimPrefix(attr, xattrMetaPrefix)
 	return k.editMeta(func(e *index.Entry) error {

@@ -90,6 +90,11 @@ func (c *opCounter) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status 
 	return c.RawFileSystem.Flush(cancel, in)
 }
 
+func (c *opCounter) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
+	c.add("GETXATTR")
+	return c.RawFileSystem.GetXAttr(cancel, h, attr, dest)
+}
+
 func (c *opCounter) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
 	c.add("RELEASE")
 	c.RawFileSystem.Release(cancel, in)

@@ -38,7 +38,13 @@ var (
 	_ gofs.NodeLinker     = (*Root)(nil)
 	_ gofs.NodeMknoder    = (*Root)(nil)
 	_ gofs.NodeSetxattrer = (*Root)(nil)
+	_ gofs.NodeGetxattrer = (*Root)(nil)
 )
+
+// Getxattr: directories carry no attributes of their own.
+func (r *Root) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	return 0, absentXattr(attr)
+}
 
 // Setxattr: directories carry no attributes of their own.
 func (r *Root) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {

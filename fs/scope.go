@@ -113,7 +113,13 @@ var (
 	_ gofs.NodeLinker         = (*scopeDir)(nil)
 	_ gofs.NodeMknoder        = (*scopeDir)(nil)
 	_ gofs.NodeSetxattrer     = (*scopeDir)(nil)
+	_ gofs.NodeGetxattrer     = (*scopeDir)(nil)
 )
+
+// Getxattr: directories carry no attributes of their own.
+func (d *scopeDir) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	return 0, absentXattr(attr)
+}
 
 // Setxattr: directories carry no attributes of their own.
 func (d *scopeDir) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {

@@ -131,7 +131,7 @@ func (v *virtualFile) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.S
 }
 
 func (v *virtualFile) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	return 0, syscall.ENODATA
+	return 0, absentXattr(attr)
 }
 
 // lookup answers a lookup of the virtual file v names, in parent under

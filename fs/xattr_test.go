@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"regexp"
 	"strings"
 	"syscall"
@@ -224,17 +226,39 @@ func TestTTLExpiryInjectedClock(t *testing.T) {
 	}
 }
 
-// TestPOSIXACLs: the mount negotiates POSIX ACLs (so the kernel caches the
-// answer ls -l asks of every file) but keeps none: a file has no ACL, and
-// setting one is refused and changes nothing.
-func TestPOSIXACLs(t *testing.T) {
-	tm := mountStore(t, mountOptions{})
-	p := tm.path("task", "k")
-	writeFile(t, p, []byte("v"))
-	for i := 0; i < 2; i++ { // the second answer comes from the kernel's cache
-		_, err := unix.Getxattr(p, "system.posix_acl_access", make([]byte, 256))
-		wantErrno(t, "get the access ACL", err, syscall.ENODATA)
+// TestForeignXattrNamespaces: security.*, system.* (POSIX ACLs) and
+// trusted.* do not exist here and every node says so with ENOTSUP, which
+// `ls -l` remembers per device: listing a scope asks the daemon twice in
+// all, not twice per file. Setting an ACL is refused and changes nothing.
+func TestForeignXattrNamespaces(t *testing.T) {
+	var ops opCounter
+	tm := mountStore(t, mountOptions{wrapRaw: ops.wrap})
+	const files = 50
+	for i := 0; i < files; i++ {
+		writeFile(t, tm.path("task", fmt.Sprintf("k%02d", i)), []byte("v"))
 	}
+	p := tm.path("task", "k00")
+	for _, node := range []string{p, tm.path("task"), tm.dir, tm.path(".stats"), tm.path("task", "_index.json")} {
+		for _, name := range []string{"security.selinux", "system.posix_acl_access", "system.posix_acl_default", "trusted.x", "security.capability"} {
+			_, err := unix.Lgetxattr(node, name, make([]byte, 256))
+			wantErrno(t, "get "+name+" of "+node, err, syscall.ENOTSUP)
+		}
+		_, err := unix.Lgetxattr(node, "user.other", make([]byte, 256))
+		wantErrno(t, "get user.other of "+node, err, syscall.ENODATA)
+	}
+
+	ops.take()
+	out, err := exec.Command("ls", "-l", tm.path("task")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ls -l: %v: %s", err, out)
+	}
+	if n := strings.Count(string(out), "\n"); n != files+2 { // "total", _index.json
+		t.Errorf("ls -l printed %d lines, want %d:\n%s", n, files+2, out)
+	}
+	if n := ops.take()["GETXATTR"]; n > 4 {
+		t.Errorf("ls -l of %d files sent %d GETXATTR requests, want at most 4 (ENOTSUP is remembered per device)", files, n)
+	}
+
 	// user::rw- user:65534:r-- group::r-- mask::r-- other::r--: not
 	// expressible as a mode, so it reaches the filesystem.
 	acl := []byte{2, 0, 0, 0}
@@ -246,13 +270,13 @@ func TestPOSIXACLs(t *testing.T) {
 		acl = binary.LittleEndian.AppendUint16(acl, e.perm)
 		acl = binary.LittleEndian.AppendUint32(acl, e.id)
 	}
-	err := unix.Setxattr(p, "system.posix_acl_access", acl, 0)
+	err = unix.Setxattr(p, "system.posix_acl_access", acl, 0)
 	wantErrno(t, "set an access ACL", err, syscall.EOPNOTSUPP)
 	_, err = unix.Getxattr(p, "system.posix_acl_access", make([]byte, 256))
-	wantErrno(t, "get the access ACL after the refused set", err, syscall.ENODATA)
+	wantErrno(t, "get the access ACL after the refused set", err, syscall.EOPNOTSUPP)
 	var st syscall.Stat_t
 	if err := syscall.Stat(p, &st); err != nil || st.Mode&0o777 != 0o644 {
 		t.Errorf("mode after the refused ACL: %o (%v), want 644", st.Mode&0o777, err)
 	}
-	tm.wantValue(t, "task", "k", []byte("v"))
+	tm.wantValue(t, "task", "k00", []byte("v"))
 }
