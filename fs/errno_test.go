@@ -96,3 +96,16 @@ func TestErrnoTableCoversStoreErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestUnescapeMountinfo(t *testing.T) {
+	for in, want := range map[string]string{
+		`/mnt/plain`:               "/mnt/plain",
+		`/mnt/with\040space`:       "/mnt/with space",
+		`/a\011tab\012nl\134slash`: "/a\ttab\nnl\\slash",
+		`/trailing\04`:             `/trailing\04`,
+	} {
+		if got := unescapeMountinfo(in); got != want {
+			t.Errorf("unescapeMountinfo(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -58,6 +58,16 @@ type FS struct {
 	// direntsServed counts names handed to the kernel in directory
 	// listings: a listing the kernel serves from its cache adds none.
 	direntsServed atomic.Int64
+	// device is the mount's device number as mountinfo writes it
+	// ("major:minor"), once mounted; "" disables callerHolds.
+	device atomic.Pointer[string]
+}
+
+// heldByCaller reports whether the process that sent the request in ctx
+// still has a descriptor open on node ino of this mount (callerfds.go).
+func (fs *FS) heldByCaller(ctx context.Context, ino uint64) bool {
+	dev := fs.device.Load()
+	return dev != nil && callerHolds(callerPid(ctx), *dev, ino)
 }
 
 // NewRoot returns the root node of a filesystem over s.

@@ -83,6 +83,9 @@ type writeHandle struct {
 	// staleName is set when an fsync published a value and the kernel's
 	// name for the key is being invalidated in the background.
 	staleName bool
+	// deferred is set when a close left a duplicate of the descriptor open
+	// in the caller and so published nothing (see Flush).
+	deferred bool
 }
 
 var (
@@ -316,8 +319,27 @@ func (h *writeHandle) lateAttrs(w *store.Writer, wasPending bool) error {
 
 // Flush runs on every close(2) of the file: its result is close's result,
 // so a value whose close returned 0 is published and on disk.
+// Flush is a close(). The value is published at the close that leaves the
+// caller no descriptor of this open file: a close while a duplicate stays
+// open (a shell's `cmd > file` closes its original before cmd writes) is
+// not the file's close, and publishing there would commit a value the
+// writer has not finished, durably, once more per duplicate. Only a
+// duplicate in the closing process is seen (a forked child's close still
+// publishes), and only when this is the inode's sole handle, so that a
+// descriptor of another open of the same inode is never taken for one.
 func (h *writeHandle) Flush(ctx context.Context) syscall.Errno {
+	k := h.node
+	if k.soleHandle() && k.fs.heldByCaller(ctx, k.StableAttr().Ino) {
+		h.mu.Lock()
+		h.deferred = true
+		failed := h.failed
+		h.mu.Unlock()
+		return failed
+	}
 	errno := h.publish(true)
+	h.mu.Lock()
+	h.deferred = false
+	h.mu.Unlock()
 	h.stopCounting()
 	return errno
 }
@@ -341,7 +363,23 @@ func (h *writeHandle) stopCounting() {
 func (h *writeHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno { return h.publish(false) }
 
 func (h *writeHandle) Release(ctx context.Context) syscall.Errno {
+	h.mu.Lock()
+	deferred := h.deferred
+	h.mu.Unlock()
+	if deferred {
+		// A close published nothing because a duplicate stayed open, and
+		// that duplicate went without a close of its own (the last
+		// reference was dropped by munmap, or by a descriptor passed over a
+		// socket and never received). Nobody waits for RELEASE to report
+		// an error, so what was written is published now rather than lost.
+		if errno := h.publish(true); errno != 0 {
+			h.node.fs.log.Warn("publish at release failed", "scope", h.node.scope(), "key", h.node.name(), "errno", errno.Error())
+		}
+	}
 	h.stopCounting()
+	h.node.mu.Lock()
+	h.node.writeHandles--
+	h.node.mu.Unlock()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.w != nil { // a publish that failed, or writes after the last close

@@ -47,6 +47,9 @@ type keyFile struct {
 	// (scopeDir.retries); the kernel's retry looks the name up again, and
 	// the lookup gives that caller an inode of the kind it needs.
 	readers, writers int
+	// writeHandles counts write handles from open to RELEASE (writers
+	// stops counting one at its first close).
+	writeHandles int
 	// reservedFor is the caller (thread id) a writer's inode was made for
 	// by such a lookup; readers keep off it.
 	reservedFor uint32
@@ -97,6 +100,15 @@ func (k *keyFile) writing() bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.writers > 0 || k.reservedFor != 0
+}
+
+// soleHandle reports whether the only handle open on this inode is one
+// write handle: then every descriptor on the inode is a copy of that
+// handle's (dup, fork), as each open makes a handle.
+func (k *keyFile) soleHandle() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.readers == 0 && k.writeHandles == 1
 }
 
 // release forgets one open handle.
@@ -318,6 +330,7 @@ func (k *keyFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 			return nil, 0, syscall.ESTALE
 		}
 		k.writers++
+		k.writeHandles++
 		seq := k.mtimeSeq
 		key := k.key
 		k.mu.Unlock()

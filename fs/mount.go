@@ -65,6 +65,8 @@ func MountStore(point string, s *store.Store, cfg MountConfig) (*Mount, error) {
 		}
 		return nil, fmt.Errorf("mount %s: %w", point, err)
 	}
+	dev := mountDevice(point)
+	root.fs.device.Store(&dev)
 	return &Mount{Point: point, server: server, root: root}, nil
 }
 

@@ -357,7 +357,7 @@ func (d *scopeDir) Create(ctx context.Context, name string, flags uint32, mode u
 	if caller, ok := fuse.FromContext(ctx); ok && caller.Uid != d.fs.opts.UID {
 		kf.pendingAttr.UID, kf.pendingAttr.GID = caller.Uid, caller.Gid
 	}
-	kf.writers = 1 // h, released in its Release
+	kf.writers, kf.writeHandles = 1, 1 // h, released in its Release
 	h := &writeHandle{node: kf, truncated: true, appending: flags&syscall.O_APPEND != 0}
 	// A key that exists although the kernel did not know it: open(O_CREAT)
 	// keeps its mode and owner, and without O_TRUNC its bytes; O_EXCL fails.

@@ -3,7 +3,10 @@ package fs
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -517,5 +520,61 @@ func TestStatRightAfterRewrite(t *testing.T) {
 		if fi, err := os.Stat(p); err != nil || fi.Size() != int64(i) {
 			t.Fatalf("rewrite %d: stat right after close: %v, %v", i, fi.Size(), err)
 		}
+	}
+}
+
+// TestShellRedirectionPublishesAtLastClose: `cmd > file` opens the file,
+// moves the descriptor onto cmd's output and closes the original before
+// cmd writes. That close is not the file's: while cmd runs, readers see
+// the key's previous value (a new key stays invisible), and what cmd wrote
+// is published once, when its output is closed.
+func TestShellRedirectionPublishesAtLastClose(t *testing.T) {
+	tm := mountStore(t, mountOptions{})
+	old := tm.path("task", "old")
+	writeFile(t, old, []byte("previous"))
+	fifo := filepath.Join(t.TempDir(), "go")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name, target string
+		wantBefore   string // "" for not there
+	}{
+		{"existing key", old, "previous"},
+		{"new key", tm.path("task", "fresh"), ""},
+		{"existing key again", old, "releasedreleased"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			// The outer shell redirects; the inner one waits on the fifo,
+			// then writes.
+			cmd := exec.Command("sh", "-c", `sh -c 'read l < "$1"; printf %s "$l"; printf %s "$l" >&2' x "$1" > "$2" 2>&1`, "sh", fifo, c.target)
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			// The redirection is in place once the inner shell opened the
+			// fifo for reading; then the outer shell's close is done.
+			w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(c.target)
+			switch {
+			case c.wantBefore == "" && !errors.Is(err, os.ErrNotExist):
+				t.Errorf("while the command runs: %q, %v; want no such file", got, err)
+			case c.wantBefore != "" && (err != nil || string(got) != c.wantBefore):
+				t.Errorf("while the command runs: %q, %v; want %q", got, err, c.wantBefore)
+			}
+			fmt.Fprintln(w, "released")
+			w.Close()
+			if err := cmd.Wait(); err != nil {
+				t.Fatalf("%v: %s", err, out.String())
+			}
+			tm.wantValue(t, "task", filepath.Base(c.target), []byte("releasedreleased"))
+			if got, err := os.ReadFile(c.target); err != nil || string(got) != "releasedreleased" {
+				t.Errorf("after the command: %q, %v", got, err)
+			}
+		})
 	}
 }
