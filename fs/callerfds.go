@@ -68,6 +68,8 @@ func unescapeMountinfo(s string) string {
 	return b.String()
 }
 
+const maxScannedFds = 256
+
 // callerHolds reports whether process pid has a descriptor open on the
 // file with inode number ino on the filesystem with device dev. Any doubt
 // (no pid, /proc unreadable, another pid namespace) answers false.
@@ -80,9 +82,11 @@ func callerHolds(pid uint32, dev string, ino uint64) bool {
 	if err != nil {
 		return false
 	}
-	names, err := d.Readdirnames(-1)
+	// A close must not cost a process with a huge descriptor table more
+	// than a commit would: past maxScannedFds, give up (and publish).
+	names, err := d.Readdirnames(maxScannedFds + 1)
 	d.Close()
-	if err != nil {
+	if err != nil || len(names) > maxScannedFds {
 		return false
 	}
 	want := strconv.FormatUint(ino, 10)
