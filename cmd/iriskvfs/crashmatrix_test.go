@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -46,6 +47,8 @@ import (
 //	prune        the prune route of the admin socket (`iriskvfs prune`), expired entries waiting
 //	seed         its seed-instructions route (`iriskvfs seed`), the sets out of date
 //	fsck-repair  its fsck?repair=true route (`iriskvfs fsck --repair`), values corrupt
+//	rm           its delete route (`iriskvfs rm`), key after key
+//	clear        its clear route (`iriskvfs clear`) of a scope of 60 keys: all or none
 //	cli-put      `iriskvfs put` without a daemon (offline)
 //
 // Acknowledged means: close (or the syscall) returned 0 in the writer, the
@@ -69,7 +72,14 @@ const (
 	matrixScope      = "artifacts"
 )
 
-var matrixPaths = []string{"create", "write", "close", "rename", "unlink", "setxattr", "prune", "seed", "fsck-repair", "cli-put"}
+var matrixPaths = []string{"create", "write", "close", "rename", "unlink", "setxattr", "prune", "seed", "fsck-repair", "rm", "clear", "cli-put"}
+
+// clearScope is the scope the clear path empties (the model's is never
+// cleared whole), clearKeys how many keys it holds before each clear.
+const (
+	clearScope = "task"
+	clearKeys  = 60
+)
 
 // kstate is what a key holds: nothing (hash ""), or a value with, where
 // they were set, a content type and a TTL.
@@ -351,8 +361,9 @@ type matrixRun struct {
 	lastAdminAcked bool // the last admin command returned 0
 	adminMid       int  // admin requests the kill interrupted
 	adminDur       map[string]time.Duration
-	seedKills      int      // r.kills when the sets were made stale
-	corrupt        []string // keys whose values were corrupted for fsck --repair
+	seedKills      int               // r.kills when the sets were made stale
+	corrupt        []string          // keys whose values were corrupted for fsck --repair
+	clearWant      map[string]string // clearScope's keys and hashes before the clear
 }
 
 // TestCrashMatrix: see the comment at the top of this file.
@@ -375,7 +386,7 @@ func TestCrashMatrix(t *testing.T) {
 		r.perPath[path]++
 		var w *mountWriter
 		switch path {
-		case "prune", "seed", "fsck-repair":
+		case "prune", "seed", "fsck-repair", "rm", "clear":
 			r.adminKill(d, path)
 		case "cli-put":
 			r.cliKills()
@@ -687,6 +698,8 @@ func (r *matrixRun) verify(path string) bool {
 		r.verifySeed()
 	case "fsck-repair":
 		r.verifyRepair()
+	case "clear":
+		r.verifyClear()
 	}
 	if res := runCLI(t, nil, "--store", r.storeDir, "fsck"); res.code != 0 || !strings.HasSuffix(res.stdout, ": clean\n") {
 		t.Errorf("after killing %s: fsck through the daemon: %s", path, res)
@@ -882,6 +895,10 @@ func (r *matrixRun) adminKill(d *daemon, path string) {
 			_, err := c.Seed(ctx, false)
 			return err
 		}))
+	case "rm":
+		r.rmKill(d)
+	case "clear":
+		r.clearKill(d)
 	case "fsck-repair":
 		// Values that fail verification, among many fsck must read.
 		for i := range 40 {
@@ -913,6 +930,103 @@ func (r *matrixRun) adminKill(d *daemon, path string) {
 			return err
 		}))
 	}
+}
+
+// rmKill deletes keys of the model one by one through the admin socket
+// and kills the daemon among the deletes: each acknowledged delete is
+// gone, the one in flight may be either way, the rest are untouched.
+func (r *matrixRun) rmKill(d *daemon) {
+	t := r.t
+	t.Helper()
+	for i := 0; len(r.model) < 20; i++ {
+		b := make([]byte, 256+r.rng.IntN(16<<10))
+		rand.NewChaCha8([32]byte{byte(i), byte(r.kills), 13}).Read(b)
+		r.writeKey(fmt.Sprintf("rm-%d-%d", r.kills, i), b, "")
+	}
+	keys := slices.Sorted(maps.Keys(r.model))
+	r.rng.Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
+	keys = keys[:min(len(keys), 40)]
+	var mu sync.Mutex
+	deleted, started := 0, 0
+	acked := r.adminCall(d, "rm", 20*time.Millisecond, func(ctx context.Context, c *api.Client) error {
+		for _, k := range keys {
+			mu.Lock()
+			started++
+			mu.Unlock()
+			if err := c.Delete(ctx, matrixScope, k); err != nil {
+				return err
+			}
+			mu.Lock()
+			deleted++
+			mu.Unlock()
+		}
+		return nil
+	})
+	r.adminOutcome(acked)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, k := range keys[:deleted] {
+		delete(r.model, k)
+	}
+	r.inflight = r.inflight[:0]
+	if started > deleted {
+		r.inflight = append(r.inflight, mchange{keys: []string{keys[deleted]}, states: []kstate{{}}})
+	}
+}
+
+// clearKill fills clearScope and kills the daemon while it clears it.
+func (r *matrixRun) clearKill(d *daemon) {
+	t := r.t
+	t.Helper()
+	r.clearWant = map[string]string{}
+	for i := range clearKeys {
+		b := make([]byte, 128+r.rng.IntN(4<<10))
+		rand.NewChaCha8([32]byte{byte(i), byte(r.kills), 17}).Read(b)
+		key := fmt.Sprintf("c-%d", i)
+		if err := os.WriteFile(filepath.Join(r.point, clearScope, key), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r.clearWant[key] = hashOf(b)
+	}
+	r.adminOutcome(r.adminCall(d, "clear", 10*time.Millisecond, func(ctx context.Context, c *api.Client) error {
+		_, err := c.Clear(ctx, clearScope)
+		return err
+	}))
+}
+
+// verifyClear: the cleared scope holds all its keys as written or none,
+// and none once a clear returned 0.
+func (r *matrixRun) verifyClear() {
+	t := r.t
+	present := 0
+	for key, want := range r.clearWant {
+		got, err := r.read(clearScope, key)
+		if err != nil {
+			t.Errorf("after killing clear: read %s: %v", key, err)
+			continue
+		}
+		switch got.hash {
+		case "":
+		case want:
+			present++
+		default:
+			t.Errorf("after killing clear: %s holds %s, want %s or nothing", key, got.short(), want[:12])
+		}
+	}
+	names, err := readDirNames(filepath.Join(r.point, clearScope))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if listed := len(names) - 1; listed != present { // _index.json
+		t.Errorf("after killing clear: %d keys listed, %d readable", listed, present)
+	}
+	switch {
+	case present != 0 && present != len(r.clearWant):
+		t.Errorf("after killing clear (acknowledged: %v): %d of %d keys left: a clear is all or nothing", r.lastAdminAcked, present, len(r.clearWant))
+	case present != 0 && r.lastAdminAcked:
+		t.Errorf("after an acknowledged clear: %d keys left", present)
+	}
+	mustCLI(t, nil, "--store", r.storeDir, "clear", clearScope)
 }
 
 func xattr(path, name string) (string, error) {
