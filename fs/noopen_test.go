@@ -601,3 +601,48 @@ func TestReadOnlyXattrsAndEROFS(t *testing.T) {
 	wantErrno(t, "touch", os.Chtimes(p, time.Now(), time.Now()), syscall.EROFS)
 	tm.wantValue(t, "task", "k", []byte("v"))
 }
+
+// TestReadOnlyIndexSnapshotReused: on a read-only mount a lookup of
+// _index.json reuses its snapshot while the scope is unchanged and no entry
+// in it has expired, without generating it again; a change, or the first
+// expiry, makes the next lookup generate it afresh.
+func TestReadOnlyIndexSnapshotReused(t *testing.T) {
+	clock := newFakeClock()
+	tm := readOnlyMount(t, mountOptions{clock: clock})
+	tm.put("task", "short", []byte("s"), store.PutOptions{TTL: time.Hour})
+	tm.put("task", "long", []byte("l"), store.PutOptions{TTL: 48 * time.Hour})
+	p := tm.path("task", indexName)
+	scope := tm.m.root.fs.scopes["task"].Operations().(*scopeDir)
+	keys := func() []string {
+		t.Helper()
+		var idx map[string]json.RawMessage
+		if err := json.Unmarshal(readFile(t, p), &idx); err != nil {
+			t.Fatalf("_index.json: %v", err)
+		}
+		var k []string
+		for key := range idx {
+			k = append(k, key)
+		}
+		return sorted(k)
+	}
+	if k := keys(); len(k) != 2 {
+		t.Fatalf("_index.json lists %v", k)
+	}
+	before := scope.index.generated.Load()
+	for range 5 {
+		if k := keys(); len(k) != 2 {
+			t.Fatalf("_index.json lists %v", k)
+		}
+	}
+	if n := scope.index.generated.Load() - before; n != 0 {
+		t.Errorf("5 reads of an unchanged _index.json generated it %d times, want 0", n)
+	}
+	clock.Advance(2 * time.Hour) // "short" expires
+	if k := keys(); len(k) != 1 || k[0] != "long" {
+		t.Errorf("after the first expiry: _index.json lists %v, want [long]", k)
+	}
+	tm.put("task", "new", []byte("n"), store.PutOptions{})
+	if k := keys(); len(k) != 2 || !contains(k, "new") {
+		t.Errorf("after a put: _index.json lists %v, want [long new]", k)
+	}
+}

@@ -127,7 +127,8 @@ func (d *scopeDir) Setxattr(ctx context.Context, attr string, data []byte, flags
 }
 
 func (d *scopeDir) OnAdd(ctx context.Context) {
-	d.index = &virtualFile{fs: d.fs, generate: d.indexJSON, size: d.indexSize}
+	d.index = &virtualFile{fs: d.fs, generate: d.indexJSON, size: d.indexSize,
+		generation: d.changes.Load, generateUntil: d.indexJSONUntil}
 	d.NewPersistentInode(ctx, d.index, gofs.StableAttr{Mode: syscall.S_IFREG})
 }
 
@@ -138,6 +139,16 @@ func (d *scopeDir) indexJSON() ([]byte, error) {
 		return nil, err
 	}
 	return index.SeedIndexJSON(entries, d.indexDir(), d.fs.store.Now()), nil
+}
+
+// indexJSONUntil generates the scope's _index.json and says until when it
+// stays the same if the scope does not change: its first expiry.
+func (d *scopeDir) indexJSONUntil() ([]byte, time.Time, error) {
+	entries, err := d.fs.store.List(d.scope)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	return index.SeedIndexJSON(entries, d.indexDir(), d.fs.store.Now()), firstExpiry(entries), nil
 }
 
 func (d *scopeDir) indexDir() string { return filepath.Join(d.fs.opts.MountPoint, d.scope) }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -38,6 +39,17 @@ type virtualFile struct {
 	// size, when set, gives the size of what generate would return
 	// without generating it.
 	size func() (int64, error)
+
+	// generation, when set, says when generated content can have changed:
+	// it returns a counter, and content generated at the same count and
+	// before its until (see generateUntil) is the same. A lookup on a
+	// read-only mount then reuses its snapshot inode without generating.
+	generation    func() uint64
+	generateUntil func() (data []byte, until time.Time, err error)
+	snapGen       uint64
+	snapUntil     time.Time
+	// generated counts the snapshots generated for lookups (tests).
+	generated atomic.Int64
 
 	// The naming node's latest snapshot inode.
 	mu      sync.Mutex
@@ -144,7 +156,20 @@ func (v *virtualFile) lookup(ctx context.Context, parent *gofs.Inode, name strin
 		}
 		return v.EmbeddedInode(), 0
 	}
-	data, err := v.generate()
+	if s := v.unchangedSnapshot(parent, name); s != nil {
+		return v.snapshotEntry(ctx, s, out), 0
+	}
+	var gen uint64
+	var until time.Time
+	var data []byte
+	var err error
+	v.generated.Add(1)
+	if v.generation != nil {
+		gen = v.generation() // before generating: a change during it moves it on
+		data, until, err = v.generateUntil()
+	} else {
+		data, err = v.generate()
+	}
 	if err != nil {
 		return nil, v.fs.errno(err)
 	}
@@ -157,13 +182,37 @@ func (v *virtualFile) lookup(ctx context.Context, parent *gofs.Inode, name strin
 		parent.NewInode(ctx, s, gofs.StableAttr{Mode: syscall.S_IFREG})
 		v.current = s
 	}
+	if v.generation != nil {
+		s.snapGen, s.snapUntil = gen, until
+	}
 	v.mu.Unlock()
+	return v.snapshotEntry(ctx, s, out), 0
+}
+
+// unchangedSnapshot returns the current snapshot inode if the kernel still
+// has it under name and its content cannot have changed since (see
+// generation), or nil.
+func (v *virtualFile) unchangedSnapshot(parent *gofs.Inode, name string) *virtualFile {
+	if v.generation == nil {
+		return nil
+	}
+	gen, now := v.generation(), v.fs.store.Now()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	s := v.current
+	if s == nil || s.snapGen != gen || !s.snapUntil.IsZero() && !now.Before(s.snapUntil) || parent.GetChild(name) != s.EmbeddedInode() {
+		return nil
+	}
+	return s
+}
+
+func (v *virtualFile) snapshotEntry(ctx context.Context, s *virtualFile, out *fuse.EntryOut) *gofs.Inode {
 	var a fuse.AttrOut
 	s.Getattr(ctx, nil, &a)
 	out.Attr = a.Attr
 	out.SetAttrTimeout(a.Timeout())
 	out.SetEntryTimeout(noCache) // look it up again at every open
-	return s.EmbeddedInode(), 0
+	return s.EmbeddedInode()
 }
 
 // Setxattr: a virtual file takes no changes, its attributes included.
