@@ -319,17 +319,19 @@ func (h *writeHandle) lateAttrs(w *store.Writer, wasPending bool) error {
 
 // Flush runs on every close(2) of the file: its result is close's result,
 // so a value whose close returned 0 is published and on disk.
-// Flush is a close(). The value is published at the close that leaves the
-// caller no descriptor of this open file: a close while a duplicate stays
-// open (a shell's `cmd > file` closes its original before cmd writes) is
-// not the file's close, and publishing there would commit a value the
-// writer has not finished, durably, once more per duplicate. Only a
-// duplicate in the closing process is seen (a forked child's close still
-// publishes), and only when this is the inode's sole handle, so that a
-// descriptor of another open of the same inode is never taken for one.
+// Flush is a close(). A close with nothing written since the open, while
+// the caller keeps a duplicate of the descriptor, publishes nothing: a
+// shell's `cmd > file` opens the file, moves the descriptor onto cmd's
+// output and closes the original before cmd writes, and publishing there
+// would commit an empty value, durably, that readers would see until cmd's
+// output is published by a second commit. Only a duplicate in the closing
+// process is seen (a forked child's close still publishes), and only when
+// this is the inode's sole handle, so that a descriptor of another open of
+// the same inode is never taken for one. A close after writes publishes
+// without looking (the /proc scan costs a few syscalls per descriptor).
 func (h *writeHandle) Flush(ctx context.Context) syscall.Errno {
 	k := h.node
-	if k.soleHandle() && k.fs.heldByCaller(ctx, k.StableAttr().Ino) {
+	if h.onlyEmptied() && k.soleHandle() && k.fs.heldByCaller(ctx, k.StableAttr().Ino) {
 		h.mu.Lock()
 		h.deferred = true
 		failed := h.failed
@@ -342,6 +344,21 @@ func (h *writeHandle) Flush(ctx context.Context) syscall.Errno {
 	h.mu.Unlock()
 	h.stopCounting()
 	return errno
+}
+
+// onlyEmptied reports whether the handle's only change is that it empties
+// the key (O_TRUNC, or a new file) with nothing written since.
+func (h *writeHandle) onlyEmptied() bool {
+	h.mu.Lock()
+	staged, truncated := h.w != nil, h.truncated
+	h.mu.Unlock()
+	if staged {
+		return false
+	}
+	k := h.node
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return truncated || k.pending
 }
 
 // stopCounting ends this handle's count as its inode's writer. That is at
