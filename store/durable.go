@@ -32,6 +32,11 @@ import (
 //     then runs ext4_sync_parent, which writes the parent directory's
 //     buffers and inode (the dentry's parent after d_move: blobs/xx/) before
 //     the cache flush. That is what an fsync of blobs/xx/ would write.
+//     Checked on that VM with /sys/block/vda/stat around the call, 60
+//     trials each, after the file was created, written and fsynced in
+//     tmp/: fsync of the file after its rename, 3 writes and 16 sectors
+//     (median and minimum), like fsync of the new directory (3, 16);
+//     fsync of the file again without a rename, 1 write and 0 sectors.
 //   - XFS. xfs_rename logs the source inode (xfs_trans_ichgtime +
 //     xfs_trans_log_inode) in the same transaction as both directories;
 //     xfs_file_fsync forces the log up to the inode's ili_commit_seq, which
