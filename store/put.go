@@ -378,9 +378,6 @@ func (w *Writer) commit() (index.Entry, error) {
 		return index.Entry{}, err
 	}
 	w.setOrigin(sniff)
-	if err := w.f.Sync(); err != nil {
-		return index.Entry{}, err
-	}
 
 	s.blobMu.Lock()
 	concurrent := s.inflight[fp] > 0
@@ -396,20 +393,8 @@ func (w *Writer) commit() (index.Entry, error) {
 		s.removeBlobs(dropped)
 	}()
 
-	blob := s.BlobPath(fp)
-	_, statErr := os.Lstat(blob)
-	existed := statErr == nil
-	if err := os.Rename(filepath.Join(s.dir, tmpDir, w.tmpName), blob); err != nil {
+	if err := w.nameBlob(fp, concurrent); err != nil {
 		return index.Entry{}, err
-	}
-	w.renamed = true // Abort has no temporary file to remove
-	// A blob that was already named (and not by a writer still in flight) is
-	// already durable; a new name needs the directory synced before the
-	// index may point at it.
-	if !existed || concurrent {
-		if err := syncDir(s.blobDir(fp)); err != nil {
-			return index.Entry{}, err
-		}
 	}
 
 	now := s.now().UTC()
@@ -468,6 +453,62 @@ func (w *Writer) commit() (index.Entry, error) {
 		s.changed(w.scope.Name, w.key)
 	}
 	return published, err
+}
+
+// nameBlob makes the staged file the blob of fp, durably: when it returns
+// nil, blobs/xx/<fp> holds exactly the value and survives a crash, so an
+// index commit may point at it. concurrent says another writer of the same
+// value was in flight when this one started naming it.
+func (w *Writer) nameBlob(fp index.Fingerprint, concurrent bool) error {
+	s := w.s
+	tmp := filepath.Join(s.dir, tmpDir, w.tmpName)
+	blob := s.BlobPath(fp)
+	if s.durability == fileSyncAfterRename {
+		// Rename first, then one fsync of the file makes its data, inode
+		// and new name durable together (durable.go says on which
+		// filesystems, and why). RENAME_NOREPLACE: this file, not synced
+		// yet, may only take a name nobody has; it never replaces a blob
+		// that a committed entry, or a writer that synced it, relies on.
+		err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, blob, unix.RENAME_NOREPLACE)
+		if err == nil {
+			w.renamed = true
+			return w.f.Sync()
+		}
+		if !errors.Is(err, unix.EEXIST) && !errors.Is(err, unix.EINVAL) {
+			return &os.LinkError{Op: "rename", Old: tmp, New: blob, Err: err}
+		}
+		// The name exists (EEXIST), or the filesystem does not know the
+		// flag (EINVAL): the portable order.
+	}
+	if err := w.f.Sync(); err != nil {
+		return err
+	}
+	_, statErr := os.Lstat(blob)
+	existed := statErr == nil
+	if err := os.Rename(tmp, blob); err != nil {
+		return err
+	}
+	w.renamed = true // Abort has no temporary file to remove
+	// The directory needs no sync only when the name we replaced was a
+	// blob that a committed entry references and no other writer of this
+	// value is in flight: that blob was whole and durable, and whichever
+	// of the two files a crash leaves under the name holds the value. Any
+	// other existing name may be a file renamed into place before its data
+	// was synced and cut short by a power cut (durable.go): never trusted.
+	if existed && !concurrent && s.referenced(fp) {
+		return nil
+	}
+	return syncDir(s.blobDir(fp))
+}
+
+// referenced reports whether a committed entry uses the blob fp.
+func (s *Store) referenced(fp index.Fingerprint) bool {
+	var n uint64
+	_ = s.db.View(func(tx *index.Tx) error {
+		n = tx.Refs(fp)
+		return nil
+	})
+	return n > 0
 }
 
 // setOrigin records on the staged blob the scope, key and content type it

@@ -81,6 +81,10 @@ type Store struct {
 	watchers  map[int]func(scope, key string) // replaced, never mutated
 	nextWatch int
 
+	// durability is the order that makes a new blob's name durable,
+	// chosen for the store's filesystem at Open (durable.go).
+	durability nameDurability
+
 	counters  Counters
 	tracked   map[string]bool
 	readsMu   sync.Mutex
@@ -164,6 +168,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		lock.Close()
 		return nil, fmt.Errorf("store %s: %w", abs, err)
 	}
+	s.durability = detectNameDurability(filepath.Join(abs, blobsDir))
 	if err := s.checkIndexPresent(); err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("store %s: %w: run 'iriskvfs fsck --repair' to rebuild it", abs, err)
@@ -280,6 +285,10 @@ func (s *Store) Close() error {
 	}
 	return err
 }
+
+// NameDurability says how a put makes a new blob's name durable on this
+// store's filesystem (for the daemon's log).
+func (s *Store) NameDurability() string { return s.durability.String() }
 
 // Dir is the store directory.
 func (s *Store) Dir() string { return s.dir }

@@ -170,7 +170,8 @@ func serveMount(c *cli.Context, point string, ready func(error)) error {
 		return err
 	}
 	defer admin.Close()
-	log.Info("mounted", "mountpoint", point, "store", s.Dir(), "pid", os.Getpid(), "admin_socket", api.SocketPath(s.Dir()))
+	log.Info("mounted", "mountpoint", point, "store", s.Dir(), "pid", os.Getpid(), "admin_socket", api.SocketPath(s.Dir()),
+		"new_blob_durability", s.NameDurability())
 	ready(nil)
 
 	stopPruner := startPruner(s, log)
