@@ -164,6 +164,9 @@ func (s *Store) List(scope string) ([]index.Entry, error) {
 			return nil
 		})
 	})
+	if len(out) >= releaseAfterScan {
+		s.releaseIndexPages()
+	}
 	return out, opErr("ls", scope, "", err)
 }
 
