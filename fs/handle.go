@@ -122,12 +122,13 @@ func (h *writeHandle) writer() (*store.Writer, syscall.Errno) {
 	if k.pending {
 		// The mode and owner given at create; a published key's inode
 		// inherits its value's (chmod, chown since then included).
-		opts.Mode, opts.UID, opts.GID = k.pendingAttr.Mode, k.pendingAttr.UID, k.pendingAttr.GID
+		pa := k.extra().pendingAttr
+		opts.Mode, opts.UID, opts.GID = pa.Mode, pa.UID, pa.GID
 	}
 	k.mu.Unlock()
-	w, err := k.fs.store.NewWriter(k.scope(), key, opts)
+	w, err := k.dir.fs.store.NewWriter(k.scope(), key, opts)
 	if err != nil {
-		return nil, k.fs.errno(err)
+		return nil, k.dir.fs.errno(err)
 	}
 	h.w = w
 	return w, 0
@@ -151,7 +152,7 @@ func (h *writeHandle) Write(ctx context.Context, data []byte, off int64) (uint32
 	}
 	n, err := w.WriteAt(data, off)
 	if err != nil {
-		h.failed = h.node.fs.errno(err)
+		h.failed = h.node.dir.fs.errno(err)
 		return 0, h.failed
 	}
 	return uint32(n), 0
@@ -175,9 +176,9 @@ func (h *writeHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 			if pending {
 				return fuse.ReadResultData(nil), 0
 			}
-			v, err := k.fs.store.Open(k.scope(), key)
+			v, err := k.dir.fs.store.Open(k.scope(), key)
 			if err != nil {
-				return nil, k.fs.errno(err)
+				return nil, k.dir.fs.errno(err)
 			}
 			h.base = v
 		}
@@ -185,7 +186,7 @@ func (h *writeHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 	}
 	n, err := r.ReadAt(dest, off)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, h.node.fs.errno(err)
+		return nil, h.node.dir.fs.errno(err)
 	}
 	return fuse.ReadResultData(dest[:n]), 0
 }
@@ -207,7 +208,7 @@ func (h *writeHandle) truncate(size int64) syscall.Errno {
 		return errno
 	}
 	if err := w.Truncate(size); err != nil {
-		h.failed = h.node.fs.errno(err)
+		h.failed = h.node.dir.fs.errno(err)
 		return h.failed
 	}
 	return 0
@@ -273,12 +274,12 @@ func (h *writeHandle) publish(atClose bool) syscall.Errno {
 	if err := h.lateAttrs(w, pending); err != nil {
 		w.Abort()
 		k.abandoned(atClose)
-		return k.fs.errno(err)
+		return k.dir.fs.errno(err)
 	}
 	e, err := w.Commit()
 	if err != nil {
 		k.abandoned(atClose)
-		return k.fs.errno(err)
+		return k.dir.fs.errno(err)
 	}
 	if k.published(e, atClose) {
 		h.staleName = true
@@ -294,9 +295,10 @@ func (h *writeHandle) publish(atClose bool) syscall.Errno {
 func (h *writeHandle) lateAttrs(w *store.Writer, wasPending bool) error {
 	k := h.node
 	k.mu.Lock()
-	pa := k.pendingAttr
-	mtime, lateTime := k.mtime, k.mtimeSeq > h.mtimeSeq
-	h.mtimeSeq = k.mtimeSeq
+	x := k.extra()
+	pa := x.pendingAttr
+	mtime, lateTime := x.mtime, x.mtimeSeq > h.mtimeSeq
+	h.mtimeSeq = x.mtimeSeq
 	k.mu.Unlock()
 	if !wasPending && !lateTime {
 		return nil

@@ -370,14 +370,16 @@ func (t *Tx) unaccount(old *Entry, u *Usage) error {
 }
 
 // ForEach calls fn for every entry of scope in key order, expired or not.
+// The entry is reused: it is only valid during the call (copy it to keep it).
 func (t *Tx) ForEach(scope string, fn func(*Entry) error) error {
 	b, err := t.scope(scope)
 	if err != nil {
 		return err
 	}
 	c := b.Cursor()
+	var e Entry
 	for k, v := c.First(); k != nil; k, v = c.Next() {
-		e := Entry{Scope: scope, Key: string(k)}
+		e = Entry{Scope: scope, Key: string(k)}
 		if err := e.Decode(v); err != nil {
 			return fmt.Errorf("%s/%s: %w", scope, k, err)
 		}

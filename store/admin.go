@@ -195,6 +195,30 @@ func (s *Store) ListAttrs(scope string) ([]index.Listed, error) {
 	return out, opErr("ls", scope, "", err)
 }
 
+// ForEachLive calls fn with every entry of scope alive now, in key order,
+// inside one read of the index, without holding them all: the entry is only
+// valid during the call, and fn must not call the store.
+func (s *Store) ForEachLive(scope string, fn func(e *index.Entry)) error {
+	if _, err := s.scope(scope); err != nil {
+		return opErr("ls", scope, "", err)
+	}
+	now := s.now()
+	n := 0
+	err := s.db.View(func(tx *index.Tx) error {
+		return tx.ForEach(scope, func(e *index.Entry) error {
+			if !e.ExpiredAt(now) {
+				n++
+				fn(e)
+			}
+			return nil
+		})
+	})
+	if n >= releaseAfterScan {
+		s.releaseIndexPages()
+	}
+	return opErr("ls", scope, "", err)
+}
+
 // PruneResult says what a prune reclaimed.
 type PruneResult struct {
 	Entries int   `json:"expired_entries"`
