@@ -45,8 +45,8 @@ func TestLimitFor(t *testing.T) {
 		want        int64
 	}{
 		{base: 96 * mb, live: 10 * mb, other: 8 * mb, want: 96 * mb},
-		{base: 96 * mb, live: 70 * mb, other: 8 * mb, want: 96 * mb},    // 70+17.5+8 = 95.5
-		{base: 96 * mb, live: 80 * mb, other: 8 * mb, want: 108 * mb},   // 80+20+8
+		{base: 96 * mb, live: 70 * mb, other: 8 * mb, want: 96 * mb},     // 70+17.5+8 = 95.5
+		{base: 96 * mb, live: 80 * mb, other: 8 * mb, want: 108 * mb},    // 80+20+8
 		{base: 96 * mb, live: 800 * mb, other: 20 * mb, want: 1020 * mb}, // a huge scope
 		{base: 16 * mb, live: math.MaxUint64 / 2, other: 0, want: math.MaxInt64},
 	} {
