@@ -96,3 +96,45 @@ func TestReleasePages(t *testing.T) {
 		t.Fatalf("after a write and a release, %d entries", n3)
 	}
 }
+
+// TestCommitsAndReadsDoNotPileUpPages: each commit and lookup maps pages of
+// the index in (the kernel maps 16 around each fault); the DB gives them
+// back as it goes, so random puts and gets over a large index leave little
+// of it resident, where without the releases they map most of the file.
+func TestCommitsAndReadsDoNotPileUpPages(t *testing.T) {
+	db := openDB(t)
+	const n = 20000
+	mustUpdate(t, db, func(tx *index.Tx) error {
+		for i := 0; i < n; i++ {
+			if _, _, err := tx.Put(entry("task", fmt.Sprintf("key-%06d", i), fmt.Sprint(i), t0.Add(24*3600e9))); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err := db.ReleasePages(); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(db.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 300; i++ {
+		k := fmt.Sprintf("key-%06d", (i*7919)%n)
+		mustUpdate(t, db, func(tx *index.Tx) error {
+			_, _, err := tx.Put(entry("task", k, "new"+k, t0.Add(48*3600e9)))
+			return err
+		})
+		if err := db.View(func(tx *index.Tx) error {
+			_, _, err := tx.Get("task", fmt.Sprintf("key-%06d", (i*104729)%n))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kb := mappedKB(t, db.Path())
+	t.Logf("after 300 random puts and gets, %d kB of a %d kB index resident", kb, fi.Size()>>10)
+	if kb > 1024 {
+		t.Errorf("%d kB of the index resident after 300 random puts and gets, over 1 MB", kb)
+	}
+}
