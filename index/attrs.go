@@ -136,7 +136,11 @@ func (t *Tx) ForEachAttrs(scope string, fn func(key []byte, a *Attrs) error) err
 	}
 	c := b.Cursor()
 	var a Attrs
+	n := 0
 	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if n++; n%releaseEvery == 0 {
+			t.ReleasePages()
+		}
 		if err := a.DecodeAttrs(v); err != nil {
 			return fmt.Errorf("%s/%s: %w", scope, k, err)
 		}

@@ -403,7 +403,11 @@ func (t *Tx) ForEach(scope string, fn func(*Entry) error) error {
 	}
 	c := b.Cursor()
 	var e Entry
+	n := 0
 	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if n++; n%releaseEvery == 0 {
+			t.ReleasePages()
+		}
 		e = Entry{Scope: scope, Key: string(k)}
 		if err := e.Decode(v); err != nil {
 			return fmt.Errorf("%s/%s: %w", scope, k, err)

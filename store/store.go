@@ -384,11 +384,16 @@ func (s *Store) sweepOrphans() (int, error) {
 		s.blobMu.Lock()
 		var dead []index.Fingerprint
 		_ = s.db.View(func(tx *index.Tx) error {
-			for _, fp := range cands {
+			for j, fp := range cands {
 				if s.inflight[fp] == 0 && tx.Refs(fp) == 0 {
 					dead = append(dead, fp)
 				}
+				if j%256 == 255 {
+					// Random lookups: each maps in pages of its own.
+					tx.ReleasePages()
+				}
 			}
+			tx.ReleasePages()
 			return nil
 		})
 		for _, fp := range dead {
