@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -19,10 +20,11 @@ type dirHandle struct {
 	dir *scopeDir
 
 	listed  bool
-	gen     uint64 // dir.changes when entries were listed
-	stale   bool   // the scope changed after the listing; relistLater called
-	entries []index.Entry
-	next    int // position of the next name: 0 is _index.json, i+1 is entries[i]
+	gen     uint64         // dir.changes when entries were listed
+	stale   bool           // the scope changed after the listing; relistLater called
+	entries []index.Listed // the attributes of each key; no content type or metadata
+	next    int            // position of the next name: 0 is _index.json, i+1 is entries[i]
+	de      fuse.DirEntry  // the entry Readdirent returns (go-fuse copies it before the next call)
 }
 
 var (
@@ -37,12 +39,12 @@ var (
 
 func (h *dirHandle) list() syscall.Errno {
 	gen := h.dir.changes.Load()
-	entries, err := h.dir.fs.store.List(h.dir.scope)
+	entries, err := h.dir.fs.store.ListAttrs(h.dir.scope)
 	if err != nil {
 		return h.dir.fs.errno(err)
 	}
 	h.listed, h.gen, h.entries, h.stale = true, gen, entries, false
-	h.dir.noteListing(gen, firstExpiry(entries))
+	h.dir.noteListing(gen, firstExpiryListed(entries))
 	return 0
 }
 
@@ -67,7 +69,11 @@ func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 		name = h.entries[pos-1].Key
 	}
 	// Off is where the next name starts, so a seek to it resumes there.
-	return &fuse.DirEntry{Name: name, Mode: syscall.S_IFREG, Off: uint64(pos + 1)}, 0
+	// go-fuse copies the entry (into its reply, its record of the last
+	// read, its overflow slot) before it asks for the next one, so one
+	// entry per handle serves: no allocation per name.
+	h.de = fuse.DirEntry{Name: name, Mode: syscall.S_IFREG, Off: uint64(pos + 1)}
+	return &h.de, 0
 }
 
 // Seekdir to 0 is rewinddir: the next pass lists the scope again.
@@ -93,9 +99,20 @@ func (h *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut)
 	if e.ExpiredAt(h.dir.fs.store.Now()) {
 		return nil, syscall.ENOENT
 	}
-	return h.dir.entryInode(ctx, name, e, out), 0
+	return h.dir.entryInode(ctx, name, &e.Attrs, nil, out), 0
 }
 
 func (h *dirHandle) Releasedir(ctx context.Context, releaseFlags uint32) {
 	h.entries = nil
+}
+
+// firstExpiryListed is firstExpiry of a listing.
+func firstExpiryListed(entries []index.Listed) time.Time {
+	first := int64(index.NoTime)
+	for i := range entries {
+		if x := entries[i].Expires; x != index.NoTime && (first == index.NoTime || x < first) {
+			first = x
+		}
+	}
+	return index.UnpackTime(first)
 }

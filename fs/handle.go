@@ -125,12 +125,13 @@ func (h *writeHandle) writer() (*store.Writer, syscall.Errno) {
 	if k.pending {
 		// The mode and owner given at create; a published key's inode
 		// inherits its value's (chmod, chown since then included).
-		opts.Mode, opts.UID, opts.GID = k.pendingAttr.Mode, k.pendingAttr.UID, k.pendingAttr.GID
+		pa := k.extra().pendingAttr
+		opts.Mode, opts.UID, opts.GID = pa.Mode, pa.UID, pa.GID
 	}
 	k.mu.Unlock()
-	w, err := k.fs.store.NewWriter(k.scope(), key, opts)
+	w, err := k.dir.fs.store.NewWriter(k.scope(), key, opts)
 	if err != nil {
-		return nil, k.fs.errno(err)
+		return nil, k.dir.fs.errno(err)
 	}
 	h.w = w
 	return w, 0
@@ -154,7 +155,7 @@ func (h *writeHandle) Write(ctx context.Context, data []byte, off int64) (uint32
 	}
 	n, err := w.WriteAt(data, off)
 	if err != nil {
-		h.failed = h.node.fs.errno(err)
+		h.failed = h.node.dir.fs.errno(err)
 		return 0, h.failed
 	}
 	return uint32(n), 0
@@ -178,9 +179,9 @@ func (h *writeHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 			if pending {
 				return fuse.ReadResultData(nil), 0
 			}
-			v, err := k.fs.store.Open(k.scope(), key)
+			v, err := k.dir.fs.store.Open(k.scope(), key)
 			if err != nil {
-				return nil, k.fs.errno(err)
+				return nil, k.dir.fs.errno(err)
 			}
 			h.base = v
 		}
@@ -188,7 +189,7 @@ func (h *writeHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 	}
 	n, err := r.ReadAt(dest, off)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, h.node.fs.errno(err)
+		return nil, h.node.dir.fs.errno(err)
 	}
 	return fuse.ReadResultData(dest[:n]), 0
 }
@@ -210,7 +211,7 @@ func (h *writeHandle) truncate(size int64) syscall.Errno {
 		return errno
 	}
 	if err := w.Truncate(size); err != nil {
-		h.failed = h.node.fs.errno(err)
+		h.failed = h.node.dir.fs.errno(err)
 		return h.failed
 	}
 	return 0
@@ -276,12 +277,12 @@ func (h *writeHandle) publish(atClose bool) syscall.Errno {
 	if err := h.lateAttrs(w, pending); err != nil {
 		w.Abort()
 		k.abandoned(atClose)
-		return k.fs.errno(err)
+		return k.dir.fs.errno(err)
 	}
 	e, err := w.Commit()
 	if err != nil {
 		k.abandoned(atClose)
-		return k.fs.errno(err)
+		return k.dir.fs.errno(err)
 	}
 	if k.published(e, atClose) {
 		h.staleName = true
@@ -297,9 +298,10 @@ func (h *writeHandle) publish(atClose bool) syscall.Errno {
 func (h *writeHandle) lateAttrs(w *store.Writer, wasPending bool) error {
 	k := h.node
 	k.mu.Lock()
-	pa := k.pendingAttr
-	mtime, lateTime := k.mtime, k.mtimeSeq > h.mtimeSeq
-	h.mtimeSeq = k.mtimeSeq
+	x := k.extra()
+	pa := x.pendingAttr
+	mtime, lateTime := x.mtime, x.mtimeSeq > h.mtimeSeq
+	h.mtimeSeq = x.mtimeSeq
 	k.mu.Unlock()
 	if !wasPending && !lateTime {
 		return nil
@@ -331,7 +333,7 @@ func (h *writeHandle) lateAttrs(w *store.Writer, wasPending bool) error {
 // without looking (the /proc scan costs a few syscalls per descriptor).
 func (h *writeHandle) Flush(ctx context.Context) syscall.Errno {
 	k := h.node
-	if h.onlyEmptied() && k.soleHandle() && k.fs.heldByCaller(ctx, k.StableAttr().Ino) {
+	if h.onlyEmptied() && k.soleHandle() && k.dir.fs.heldByCaller(ctx, k.StableAttr().Ino) {
 		h.mu.Lock()
 		h.deferred = true
 		failed := h.failed
@@ -390,12 +392,12 @@ func (h *writeHandle) Release(ctx context.Context) syscall.Errno {
 		// socket and never received). Nobody waits for RELEASE to report
 		// an error, so what was written is published now rather than lost.
 		if errno := h.publish(true); errno != 0 {
-			h.node.fs.log.Warn("publish at release failed", "scope", h.node.scope(), "key", h.node.name(), "errno", errno.Error())
+			h.node.dir.fs.log.Warn("publish at release failed", "scope", h.node.scope(), "key", h.node.name(), "errno", errno.Error())
 		}
 	}
 	h.stopCounting()
 	h.node.mu.Lock()
-	h.node.writeHandles--
+	h.node.extra().writeHandles--
 	h.node.mu.Unlock()
 	h.mu.Lock()
 	defer h.mu.Unlock()

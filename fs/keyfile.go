@@ -22,37 +22,53 @@ import (
 // keyFile is one version of one key: the inode shows exactly one value
 // (fingerprint). A new value of the key gets a new inode (see
 // scopeDir.versionInode); this one lives on for whoever still has it open.
+//
+// The kernel may know a key file for every key of a scope (a listing of
+// 100,000 keys makes 100,000), so it holds only what every file needs: 256
+// bytes with go-fuse's Inode (TestKeyFileSize). What only files that are
+// written, opened or given times need lives in x, made on first need.
 type keyFile struct {
 	gofs.Inode
-	fs  *FS
 	dir *scopeDir
 
-	mu       sync.Mutex
-	key      string
-	entry    shownEntry // the value shown; zero while pending
-	pending  bool       // created through the mount, not yet published
-	unlinked bool       // removed while open: never publish it
+	mu    sync.Mutex
+	key   string
+	shown index.Attrs // the attributes of the value shown; zero while pending
+	// readers counts open read handles. Readers and a writer never share
+	// an inode: the kernel keeps one size and one page cache per inode,
+	// and a writer's size changes would cut readers' reads short or pad
+	// them with zeros. An open that would mix them fails with ESTALE and
+	// leaves a retry note (scopeDir.retries); the kernel's retry looks the
+	// name up again, and the lookup gives that caller an inode of the kind
+	// it needs.
+	readers  int32
+	pending  bool // created through the mount, not yet published
+	unlinked bool // removed while open: never publish it
 	// superseded is set once the key has a newer value than this inode's.
-	superseded  bool
+	superseded bool
+	x          *keyExtra // nil until needed; never reset
+}
+
+// keyExtra is the state of a key file that few files need.
+type keyExtra struct {
+	// meta is the content type, TTL, flags and free metadata of the value
+	// shown, as last read (hasMeta): what the extended attributes of an
+	// open file show once its key has moved on (fgetxattr of a replaced
+	// or unlinked file). A current file's attributes are read afresh.
+	meta    shownMeta
+	hasMeta bool
+
+	writers int // open write handles, until their first close
+	// writeHandles counts write handles from open to RELEASE.
+	writeHandles int
+	// reservedFor is the caller (thread id) a writer's inode was made for
+	// by a lookup after an ESTALE (see keyFile.readers); readers keep off it.
+	reservedFor uint32
 	pendingAttr struct{ Mode, UID, GID uint32 }
 	// mtime is the last time set with utimensat, mtimeSeq counts them:
 	// a write handle open before it applies it to what it publishes.
 	mtime    time.Time
 	mtimeSeq uint64
-
-	// Open handles. Readers and a writer never share an inode: the kernel
-	// keeps one size and one page cache per inode, and a writer's size
-	// changes would cut readers' reads short or pad them with zeros. An
-	// open that would mix them fails with ESTALE and leaves a retry note
-	// (scopeDir.retries); the kernel's retry looks the name up again, and
-	// the lookup gives that caller an inode of the kind it needs.
-	readers, writers int
-	// writeHandles counts write handles from open to RELEASE (writers
-	// stops counting one at its first close).
-	writeHandles int
-	// reservedFor is the caller (thread id) a writer's inode was made for
-	// by such a lookup; readers keep off it.
-	reservedFor uint32
 
 	// val is the verified value no-open reads are served from (read-only
 	// mounts, see noopen.go), from the first read until the kernel forgets
@@ -71,35 +87,96 @@ var (
 	_ gofs.NodeRemovexattrer = (*keyFile)(nil)
 )
 
+// extra returns k.x, making it. Callers hold mu.
+func (k *keyFile) extra() *keyExtra {
+	if k.x == nil {
+		k.x = &keyExtra{}
+	}
+	return k.x
+}
+
+// extraNow is extra for callers that do not hold mu.
+func (k *keyFile) extraNow() *keyExtra {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.extra()
+}
+
+// current reports whether this inode may show the key's current value.
+// Callers hold mu.
+func (k *keyFile) current() bool { return !k.pending && !k.unlinked && !k.superseded }
+
+// showLocked makes the inode show e's attributes (and metadata, where it
+// keeps them). Callers hold mu.
+func (k *keyFile) showLocked(e *index.Entry) {
+	k.shown = e.Attrs()
+	if k.x != nil {
+		k.x.meta, k.x.hasMeta = metaOf(e), true
+	}
+}
+
 // shows reports whether this inode shows value e, refreshing its metadata
 // (mode, times, TTL change) if so.
 func (k *keyFile) shows(e *index.Entry) bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.pending || k.unlinked || k.superseded || k.entry.fp != e.Fingerprint {
+	if !k.current() || k.shown.Fingerprint != e.Fingerprint {
 		return false
 	}
-	k.entry = packEntry(e)
+	k.showLocked(e)
 	return true
 }
 
-// reusable reports whether a lookup by caller pid may answer with this
-// inode for value e: it shows e, and it is a reader's inode (no writer, not
-// reserved for one), or, for a writer retrying its open, the one reserved
-// for it.
-func (k *keyFile) reusable(e *index.Entry, pid uint32, forWrite bool) bool {
+// showsAttrs is shows for a listing, which has only the attributes: the
+// metadata kept, if any, stays.
+func (k *keyFile) showsAttrs(a *index.Attrs) bool {
 	k.mu.Lock()
-	ok := forWrite && k.reservedFor == pid ||
-		!forWrite && k.writers == 0 && k.reservedFor == 0
+	defer k.mu.Unlock()
+	if !k.current() || k.shown.Fingerprint != a.Fingerprint {
+		return false
+	}
+	k.shown = *a
+	return true
+}
+
+// keepMeta makes the inode keep e's metadata from now on, if it shows e:
+// an open file's extended attributes must outlive its key's value.
+func (k *keyFile) keepMeta(e *index.Entry) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.current() && k.shown.Fingerprint == e.Fingerprint {
+		k.extra()
+		k.showLocked(e)
+	}
+}
+
+// reusable reports whether a lookup by caller pid may answer with this
+// inode for the value of attributes a (full: its entry, if known): it shows
+// that value, and it is a reader's inode (no writer, not reserved for one),
+// or, for a writer retrying its open, the one reserved for it.
+func (k *keyFile) reusable(a *index.Attrs, full *index.Entry, pid uint32, forWrite bool) bool {
+	k.mu.Lock()
+	var writers int
+	var reserved uint32
+	if k.x != nil {
+		writers, reserved = k.x.writers, k.x.reservedFor
+	}
 	k.mu.Unlock()
-	return ok && k.shows(e)
+	ok := forWrite && reserved == pid || !forWrite && writers == 0 && reserved == 0
+	if !ok {
+		return false
+	}
+	if full != nil {
+		return k.shows(full)
+	}
+	return k.showsAttrs(a)
 }
 
 // writing reports whether a writer has, or is about to get, this inode.
 func (k *keyFile) writing() bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return k.writers > 0 || k.reservedFor != 0
+	return k.x != nil && (k.x.writers > 0 || k.x.reservedFor != 0)
 }
 
 // soleHandle reports whether the only handle open on this inode is one
@@ -108,7 +185,7 @@ func (k *keyFile) writing() bool {
 func (k *keyFile) soleHandle() bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return k.readers == 0 && k.writeHandles == 1
+	return k.readers == 0 && k.x != nil && k.x.writeHandles == 1
 }
 
 // release forgets one open handle.
@@ -116,7 +193,7 @@ func (k *keyFile) release(writer bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if writer {
-		k.writers--
+		k.extra().writers--
 	} else {
 		k.readers--
 	}
@@ -127,11 +204,7 @@ func (k *keyFile) release(writer bool) {
 func (k *keyFile) showsExactly(e *index.Entry) bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	c := &k.entry
-	return !k.pending && !k.unlinked && !k.superseded &&
-		c.fp == e.Fingerprint && c.size == e.Size && c.mode == e.Mode &&
-		c.uid == e.UID && c.gid == e.GID && c.modified == packTime(e.ModTime) &&
-		c.created == packTime(e.CreatedAt) && c.expires == packTime(e.ExpiresAt)
+	return k.current() && k.shown == e.Attrs()
 }
 
 func (k *keyFile) scope() string { return k.dir.scope }
@@ -168,7 +241,9 @@ func (k *keyFile) published(e index.Entry, atClose bool) (deferred bool) {
 	wasPending := k.pending
 	if wasPending {
 		// A fresh inode nobody else read: it can show the new value.
-		k.pending, k.entry = false, packEntry(&e)
+		k.pending = false
+		k.extra()
+		k.showLocked(&e)
 	} else {
 		k.superseded = true
 	}
@@ -180,7 +255,7 @@ func (k *keyFile) published(e index.Entry, atClose bool) (deferred bool) {
 		_ = k.dir.NotifyEntry(e.Key)
 		return false
 	}
-	k.fs.invalidateName(k.dir.EmbeddedInode(), e.Key)
+	k.dir.fs.invalidateName(k.dir.EmbeddedInode(), e.Key)
 	return true
 }
 
@@ -198,52 +273,52 @@ func (k *keyFile) abandoned(atClose bool) {
 	if atClose {
 		_ = k.dir.NotifyEntry(key)
 	} else {
-		k.fs.invalidateName(k.dir.EmbeddedInode(), key)
+		k.dir.fs.invalidateName(k.dir.EmbeddedInode(), key)
 	}
 }
 
 // refresh re-reads the entry if the key still has this inode's value and
-// reports whether it does.
-func (k *keyFile) refresh() bool {
+// reports whether it does, with the entry.
+func (k *keyFile) refresh() (index.Entry, bool) {
 	k.mu.Lock()
-	if k.pending || k.unlinked || k.superseded {
+	if !k.current() {
 		k.mu.Unlock()
-		return false
+		return index.Entry{}, false
 	}
-	key, fp := k.key, k.entry.fp
+	key, fp := k.key, k.shown.Fingerprint
 	k.mu.Unlock()
-	e, err := k.fs.store.Lookup(k.scope(), key)
+	e, err := k.dir.fs.store.Lookup(k.scope(), key)
 	if err != nil || e.Fingerprint != fp {
-		return false
+		return index.Entry{}, false
 	}
-	return k.shows(&e)
+	return e, k.shows(&e)
 }
 
-func (k *keyFile) fillEntry(out *fuse.EntryOut, e *index.Entry) {
-	k.attrOf(e, 0, false, &out.Attr)
-	t := k.fs.timeoutUntil(e.ExpiresAt)
+func (k *keyFile) fillEntry(out *fuse.EntryOut, a *index.Attrs) {
+	k.attrOf(a, 0, false, &out.Attr)
+	t := k.dir.fs.timeoutUntil(a.ExpiresAt())
 	out.SetEntryTimeout(t)
 	out.SetAttrTimeout(t)
 }
 
-// attrOf fills attributes from e; with sized, size overrides e's.
-func (k *keyFile) attrOf(e *index.Entry, size int64, sized bool, out *fuse.Attr) {
+// attrOf fills attributes from a; with sized, size overrides a's.
+func (k *keyFile) attrOf(a *index.Attrs, size int64, sized bool, out *fuse.Attr) {
 	if !sized {
-		size = e.Size
+		size = a.Size
 	}
-	out.Mode = syscall.S_IFREG | (e.Mode & 0o7777)
-	if e.Mode == 0 {
+	out.Mode = syscall.S_IFREG | (a.Mode & 0o7777)
+	if a.Mode == 0 {
 		out.Mode = syscall.S_IFREG | 0o644
 	}
 	out.Nlink = 1
 	out.Size = uint64(size)
 	out.Blocks = (out.Size + 511) / 512
 	out.Blksize = 4096
-	out.Uid, out.Gid = k.fs.opts.UID, k.fs.opts.GID
-	if e.UID != 0 || e.GID != 0 {
-		out.Uid, out.Gid = e.UID, e.GID
+	out.Uid, out.Gid = k.dir.fs.opts.UID, k.dir.fs.opts.GID
+	if a.UID != 0 || a.GID != 0 {
+		out.Uid, out.Gid = a.UID, a.GID
 	}
-	mtime, ctime := e.ModTime, e.CreatedAt
+	mtime, ctime := a.ModTime(), a.CreatedAt()
 	out.SetTimes(&mtime, &mtime, &ctime)
 }
 
@@ -251,13 +326,16 @@ func (k *keyFile) attrOf(e *index.Entry, size int64, sized bool, out *fuse.Attr)
 // for a path operation).
 func (k *keyFile) fillAttr(out *fuse.Attr, h *writeHandle) {
 	k.mu.Lock()
-	e := k.entry.entry(k.dir.scope, k.key)
+	a := k.shown
 	pending, unlinked := k.pending, k.unlinked
-	pa := k.pendingAttr
+	var pa struct{ Mode, UID, GID uint32 }
+	if k.x != nil {
+		pa = k.x.pendingAttr
+	}
 	k.mu.Unlock()
 	if pending {
-		now := time.Now()
-		e = index.Entry{Mode: pa.Mode, UID: pa.UID, GID: pa.GID, ModTime: now, CreatedAt: now}
+		now := time.Now().UnixNano()
+		a = index.Attrs{Mode: pa.Mode, UID: pa.UID, GID: pa.GID, Modified: now, Created: now, Expires: index.NoTime}
 	}
 	size, sized := int64(0), pending
 	// Only a file nobody has seen a value of shows its staged size. A
@@ -271,7 +349,7 @@ func (k *keyFile) fillAttr(out *fuse.Attr, h *writeHandle) {
 			size, sized = s, true
 		}
 	}
-	k.attrOf(&e, size, sized, out)
+	k.attrOf(&a, size, sized, out)
 	if unlinked {
 		out.Nlink = 0
 	}
@@ -279,11 +357,11 @@ func (k *keyFile) fillAttr(out *fuse.Attr, h *writeHandle) {
 
 func (k *keyFile) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	h, _ := f.(*writeHandle)
-	current := k.refresh()
+	_, current := k.refresh()
 	k.fillAttr(&out.Attr, h)
 	if current && !k.writing() && (h == nil || !h.dirty()) {
 		k.mu.Lock()
-		out.SetTimeout(k.fs.timeoutUntil(k.entry.expiresAt()))
+		out.SetTimeout(k.dir.fs.timeoutUntil(k.shown.ExpiresAt()))
 		k.mu.Unlock()
 	} else {
 		out.SetTimeout(noCache)
@@ -308,16 +386,16 @@ func (k *keyFile) checkWritable() syscall.Errno {
 	if pending || unlinked {
 		return 0
 	}
-	_, err := k.fs.store.Lookup(k.scope(), key)
+	_, err := k.dir.fs.store.Lookup(k.scope(), key)
 	if errors.Is(err, store.ErrNotFound) {
 		return syscall.ESTALE
 	}
-	return k.fs.errno(err)
+	return k.dir.fs.errno(err)
 }
 
 func (k *keyFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
-		if k.fs.opts.ReadOnly {
+		if k.dir.fs.opts.ReadOnly {
 			return nil, 0, syscall.EROFS
 		}
 		if errno := k.checkWritable(); errno != 0 {
@@ -329,9 +407,10 @@ func (k *keyFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 			k.dir.noteRetry(ctx, k.name(), true)
 			return nil, 0, syscall.ESTALE
 		}
-		k.writers++
-		k.writeHandles++
-		seq := k.mtimeSeq
+		x := k.extra()
+		x.writers++
+		x.writeHandles++
+		seq := x.mtimeSeq
 		key := k.key
 		k.mu.Unlock()
 		k.dir.clearRetry(ctx, key)
@@ -339,7 +418,7 @@ func (k *keyFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 		// the key's value.
 		return &writeHandle{node: k, truncated: flags&syscall.O_TRUNC != 0, appending: flags&syscall.O_APPEND != 0, mtimeSeq: seq}, fuse.FOPEN_DIRECT_IO, 0
 	}
-	if k.fs.noOpen() {
+	if k.dir.fs.noOpen() {
 		// Read-only mount: no OPEN, ever again (noopen.go); reads come to
 		// k.Read and verify the value at the first one.
 		return nil, 0, syscall.ENOSYS
@@ -351,7 +430,7 @@ func (k *keyFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 	pid, retrying, asWriter := k.dir.retryKind(ctx, k.name())
 	mayRetry := pid != 0 && !(retrying && !asWriter)
 	k.mu.Lock()
-	if k.pending || k.writers > 0 || k.reservedFor != 0 {
+	if k.pending || k.x != nil && (k.x.writers > 0 || k.x.reservedFor != 0) {
 		pending, key := k.pending, k.key
 		if pending || mayRetry {
 			k.mu.Unlock()
@@ -366,14 +445,14 @@ func (k *keyFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 		k.readers++
 		k.mu.Unlock()
 		k.dir.clearRetry(ctx, key)
-		v, err := k.fs.store.Open(k.scope(), key)
+		v, err := k.dir.fs.store.Open(k.scope(), key)
 		if err != nil {
 			k.release(false)
-			return nil, 0, k.fs.errno(err)
+			return nil, 0, k.dir.fs.errno(err)
 		}
 		return &readHandle{v: v, node: k}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
 	}
-	shown, key := k.entry.entry(k.dir.scope, k.key), k.key
+	shown, key := k.shown.Entry(k.dir.scope, k.key), k.key
 	k.readers++ // held while opening, so no writer slips in
 	k.mu.Unlock()
 	v, errno := k.openValue(key, shown, mayRetry)
@@ -409,20 +488,23 @@ func (k *keyFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 // ENOENT.
 func (k *keyFile) openValue(key string, shown index.Entry, mayRetry bool) (*store.Value, syscall.Errno) {
 	scope := k.scope()
-	v, err := k.fs.store.Open(scope, key)
-	if err != nil && k.fs.heal(scope, key, err) {
+	v, err := k.dir.fs.store.Open(scope, key)
+	if err != nil && k.dir.fs.heal(scope, key, err) {
 		return nil, syscall.ESTALE // restored: a new value, on a new inode
 	}
 	switch {
 	case errors.Is(err, store.ErrNotFound) && mayRetry:
 		return nil, syscall.ESTALE
 	case err != nil:
-		return nil, k.fs.errno(err)
+		return nil, k.dir.fs.errno(err)
 	case v.Entry.Fingerprint == shown.Fingerprint:
+		// The current value: keep its metadata for fgetxattr, should the
+		// key move on while the file is open.
+		k.keepMeta(&v.Entry)
 		return v, 0
 	}
 	shown.Key = key
-	old, err := k.fs.store.OpenVersion(shown)
+	old, err := k.dir.fs.store.OpenVersion(shown)
 	switch {
 	case err == nil:
 		v.Close()
@@ -436,7 +518,7 @@ func (k *keyFile) openValue(key string, shown index.Entry, mayRetry bool) (*stor
 }
 
 func (k *keyFile) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if k.fs.opts.ReadOnly {
+	if k.dir.fs.opts.ReadOnly {
 		return syscall.EROFS
 	}
 	h, _ := f.(*writeHandle)
@@ -459,23 +541,25 @@ func (k *keyFile) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAt
 		k.mu.Lock()
 		pending := k.pending
 		if hasMtime {
-			k.mtime, k.mtimeSeq = mtime.UTC(), k.mtimeSeq+1
+			x := k.extra()
+			x.mtime, x.mtimeSeq = mtime.UTC(), x.mtimeSeq+1
 		}
 		if pending {
+			x := k.extra()
 			if hasMode {
-				k.pendingAttr.Mode = mode & 0o7777
+				x.pendingAttr.Mode = mode & 0o7777
 			}
 			if hasUID {
-				k.pendingAttr.UID = uid
+				x.pendingAttr.UID = uid
 			}
 			if hasGID {
-				k.pendingAttr.GID = gid
+				x.pendingAttr.GID = gid
 			}
 		}
 		key := k.key
 		k.mu.Unlock()
 		if !pending {
-			e, err := k.fs.store.UpdateMeta(k.scope(), key, func(e *index.Entry) error {
+			e, err := k.dir.fs.store.UpdateMeta(k.scope(), key, func(e *index.Entry) error {
 				if hasMode {
 					e.Mode = mode & 0o7777
 				}
@@ -491,7 +575,7 @@ func (k *keyFile) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAt
 				return nil
 			})
 			if err != nil {
-				return k.fs.errno(err)
+				return k.dir.fs.errno(err)
 			}
 			k.shows(&e)
 		}
@@ -517,31 +601,31 @@ func (k *keyFile) truncatePath(size int64) syscall.Errno {
 	if pending {
 		return syscall.EBUSY
 	}
-	from, err := k.fs.store.Open(k.scope(), key)
+	from, err := k.dir.fs.store.Open(k.scope(), key)
 	if err != nil {
-		return k.fs.errno(err)
+		return k.dir.fs.errno(err)
 	}
 	defer from.Close()
-	w, err := k.fs.store.NewWriter(k.scope(), key, store.PutOptions{Inherit: true})
+	w, err := k.dir.fs.store.NewWriter(k.scope(), key, store.PutOptions{Inherit: true})
 	if err != nil {
-		return k.fs.errno(err)
+		return k.dir.fs.errno(err)
 	}
 	if _, err := io.Copy(w, io.LimitReader(from.Reader(), size)); err != nil {
 		w.Abort()
-		return k.fs.errno(err)
+		return k.dir.fs.errno(err)
 	}
 	if err := w.Truncate(size); err != nil {
 		w.Abort()
-		return k.fs.errno(err)
+		return k.dir.fs.errno(err)
 	}
 	e, err := w.Commit()
 	if err != nil {
-		return k.fs.errno(err)
+		return k.dir.fs.errno(err)
 	}
 	k.mu.Lock()
-	same := !k.unlinked && !k.superseded && k.entry.fp == from.Entry.Fingerprint && k.readers == 0
+	same := !k.unlinked && !k.superseded && k.shown.Fingerprint == from.Entry.Fingerprint && k.readers == 0
 	if same {
-		k.entry = packEntry(&e)
+		k.showLocked(&e)
 	}
 	k.mu.Unlock()
 	if !same {
@@ -562,7 +646,11 @@ const (
 	xattrTTL         = xattrPrefix + "ttl"
 )
 
-// xattrs returns the entry's attributes by name, in listing order.
+// xattrs returns the entry's attributes by name, in listing order: the
+// key's current entry if this inode shows it, else the metadata the inode
+// kept while it was open. An inode that shows an old value and kept none
+// (never opened: the kernel reached it by a name it had not yet dropped)
+// answers ESTALE, and the kernel looks the path up again.
 func (k *keyFile) xattrs() ([]string, map[string]string, syscall.Errno) {
 	k.mu.Lock()
 	pending := k.pending
@@ -570,10 +658,18 @@ func (k *keyFile) xattrs() ([]string, map[string]string, syscall.Errno) {
 	if pending {
 		return nil, nil, 0
 	}
-	k.refresh()
-	k.mu.Lock()
-	e := k.entry.entry(k.dir.scope, k.key)
-	k.mu.Unlock()
+	e, ok := k.refresh()
+	if !ok {
+		k.mu.Lock()
+		a, key, x := k.shown, k.key, k.x
+		if x == nil || !x.hasMeta {
+			k.mu.Unlock()
+			return nil, nil, syscall.ESTALE
+		}
+		e = a.Entry(k.dir.scope, key)
+		x.meta.setIn(&e)
+		k.mu.Unlock()
+	}
 	vals := map[string]string{
 		xattrFingerprint: hex.EncodeToString(e.Fingerprint[:]),
 		xattrContentType: e.ContentType,
@@ -629,7 +725,7 @@ func (k *keyFile) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.E
 }
 
 func (k *keyFile) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	if k.fs.opts.ReadOnly {
+	if k.dir.fs.opts.ReadOnly {
 		return syscall.EROFS
 	}
 	if !strings.HasPrefix(attr, xattrPrefix) {
@@ -692,23 +788,23 @@ func (k *keyFile) editMeta(edit func(e *index.Entry) error) syscall.Errno {
 	if pending {
 		return syscall.EBUSY
 	}
-	e, err := k.fs.store.UpdateMeta(k.scope(), key, edit)
+	e, err := k.dir.fs.store.UpdateMeta(k.scope(), key, edit)
 	switch {
 	case errors.Is(err, errXattrExists):
 		return syscall.EEXIST
 	case errors.Is(err, errXattrMissing):
 		return syscall.ENODATA
 	case err != nil:
-		return k.fs.errno(err)
+		return k.dir.fs.errno(err)
 	}
 	k.shows(&e)
 	// A TTL change can shorten the time the kernel may cache the name.
-	k.fs.invalidateName(k.dir.EmbeddedInode(), key)
+	k.dir.fs.invalidateName(k.dir.EmbeddedInode(), key)
 	return 0
 }
 
 func (k *keyFile) Removexattr(ctx context.Context, attr string) syscall.Errno {
-	if k.fs.opts.ReadOnly {
+	if k.dir.fs.opts.ReadOnly {
 		return syscall.EROFS
 	}
 	if !strings.HasPrefix(attr, xattrMetaPrefix) {

@@ -126,7 +126,7 @@ func (k *keyFile) Read(ctx context.Context, f gofs.FileHandle, dest []byte, off 
 			continue // unpinned meanwhile (a spurious forget): pin it again
 		}
 		if err != nil && !errors.Is(err, io.EOF) {
-			k.fs.log.Error("read failed", "scope", k.scope(), "key", k.name(), "err", err)
+			k.dir.fs.log.Error("read failed", "scope", k.scope(), "key", k.name(), "err", err)
 			return nil, syscall.EIO
 		}
 		return fuse.ReadResultData(dest[:n]), 0
@@ -137,24 +137,25 @@ func (k *keyFile) Read(ctx context.Context, f gofs.FileHandle, dest []byte, off 
 // verifying) it at the first read, and again when its blob file changed on
 // disk since it was verified.
 func (k *keyFile) pinned() (*store.Value, syscall.Errno) {
-	k.valMu.Lock()
-	defer k.valMu.Unlock()
-	if v := k.val; v != nil {
+	x := k.extraNow()
+	x.valMu.Lock()
+	defer x.valMu.Unlock()
+	if v := x.val; v != nil {
 		if v.Unchanged() {
 			return v, 0
 		}
-		k.val = nil
+		x.val = nil
 		v.Close()
 	}
 	k.mu.Lock()
-	e, key := k.entry.entry(k.dir.scope, k.key), k.key
+	e, key := k.shown.Entry(k.dir.scope, k.key), k.key
 	k.mu.Unlock()
 	scope := k.scope()
-	v, err := k.fs.store.OpenVersion(e)
-	if err != nil && k.fs.heal(scope, key, err) {
+	v, err := k.dir.fs.store.OpenVersion(e)
+	if err != nil && k.dir.fs.heal(scope, key, err) {
 		// Restored: the same bytes are readable again, or the key has
 		// another value, on another inode.
-		v, err = k.fs.store.OpenVersion(e)
+		v, err = k.dir.fs.store.OpenVersion(e)
 	}
 	switch {
 	case errors.Is(err, store.ErrNotFound):
@@ -162,23 +163,29 @@ func (k *keyFile) pinned() (*store.Value, syscall.Errno) {
 		// read: like a file removed over NFS.
 		return nil, syscall.ESTALE
 	case err != nil:
-		return nil, k.fs.errno(err) // EIO for a corrupt value, logged and counted by the store
+		return nil, k.dir.fs.errno(err) // EIO for a corrupt value, logged and counted by the store
 	}
-	k.val = v
-	k.fs.pins.add(k)
+	x.val = v
+	k.dir.fs.pins.add(k)
 	return v, 0
 }
 
 // unpin closes the value kept for no-open reads; the next read opens it
 // again.
 func (k *keyFile) unpin() {
-	k.valMu.Lock()
-	v := k.val
-	k.val = nil
-	k.valMu.Unlock()
+	k.mu.Lock()
+	x := k.x
+	k.mu.Unlock()
+	if x == nil {
+		return // never read: nothing kept (the common case, after a listing)
+	}
+	x.valMu.Lock()
+	v := x.val
+	x.val = nil
+	x.valMu.Unlock()
 	if v != nil {
 		v.Close()
-		k.fs.pins.remove(k)
+		k.dir.fs.pins.remove(k)
 	}
 }
 
@@ -193,7 +200,7 @@ func (k *keyFile) Flush(ctx context.Context, f gofs.FileHandle) syscall.Errno {
 	if fl, ok := f.(gofs.FileFlusher); ok {
 		return fl.Flush(ctx)
 	}
-	return noFlush(k.fs, f)
+	return noFlush(k.dir.fs, f)
 }
 
 // noFlush is the answer to a FLUSH of a file without a flushing handle.

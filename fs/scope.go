@@ -148,7 +148,13 @@ func (d *scopeDir) indexJSONUntil() ([]byte, time.Time, error) {
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	return index.SeedIndexJSON(entries, d.indexDir(), d.fs.store.Now()), firstExpiry(entries), nil
+	var first time.Time
+	for i := range entries {
+		if x := entries[i].ExpiresAt; !x.IsZero() && (first.IsZero() || x.Before(first)) {
+			first = x
+		}
+	}
+	return index.SeedIndexJSON(entries, d.indexDir(), d.fs.store.Now()), first, nil
 }
 
 func (d *scopeDir) indexDir() string { return filepath.Join(d.fs.opts.MountPoint, d.scope) }
@@ -164,24 +170,22 @@ func (d *scopeDir) indexSize() (int64, error) {
 		return d.indexBytes, nil
 	}
 	gen := d.changes.Load()
-	entries, err := d.fs.store.List(d.scope)
+	// One pass over the index, holding no entries: a scope of 100k keys
+	// would otherwise allocate ~30 MB (entries, content types) to size it.
+	z := index.NewSeedIndexSizer(d.indexDir(), now)
+	first := int64(index.NoTime)
+	err := d.fs.store.ForEachLive(d.scope, func(e *index.Entry) {
+		z.Add(e)
+		if x := index.PackTime(e.ExpiresAt); x != index.NoTime && (first == index.NoTime || x < first) {
+			first = x
+		}
+	})
 	if err != nil {
 		return 0, err
 	}
-	d.indexBytes = index.SeedIndexJSONSize(entries, d.indexDir(), now)
-	d.indexSized, d.indexGen, d.indexUntil = true, gen, firstExpiry(entries)
+	d.indexBytes = z.Size()
+	d.indexSized, d.indexGen, d.indexUntil = true, gen, index.UnpackTime(first)
 	return d.indexBytes, nil
-}
-
-// firstExpiry is the earliest expiry among entries (zero: none expires).
-func firstExpiry(entries []index.Entry) time.Time {
-	var first time.Time
-	for i := range entries {
-		if x := entries[i].ExpiresAt; !x.IsZero() && (first.IsZero() || x.Before(first)) {
-			first = x
-		}
-	}
-	return first
 }
 
 // changed records a change of the scope's keys (the cached _index.json and
@@ -254,15 +258,17 @@ func (d *scopeDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	if err != nil {
 		return nil, d.fs.errno(err)
 	}
-	return d.entryInode(ctx, name, &e, out), 0
+	a := e.Attrs()
+	return d.entryInode(ctx, name, &a, &e, out), 0
 }
 
-// entryInode returns the inode showing entry e of key name and fills out
-// with its attributes and how long the kernel may keep them.
-func (d *scopeDir) entryInode(ctx context.Context, name string, e *index.Entry, out *fuse.EntryOut) *gofs.Inode {
-	child := d.versionInode(ctx, name, e)
+// entryInode returns the inode showing the value of attributes a (full:
+// its entry, if known) of key name and fills out with its attributes and
+// how long the kernel may keep them.
+func (d *scopeDir) entryInode(ctx context.Context, name string, a *index.Attrs, full *index.Entry, out *fuse.EntryOut) *gofs.Inode {
+	child := d.versionInode(ctx, name, a, full)
 	kf := child.Operations().(*keyFile)
-	kf.fillEntry(out, e)
+	kf.fillEntry(out, a)
 	if kf.writing() {
 		// A writer's inode: the kernel changes its size on its own as the
 		// writer goes, so nobody else may take its name or size from the
@@ -277,16 +283,16 @@ func (d *scopeDir) entryInode(ctx context.Context, name string, e *index.Entry, 
 // child if it shows the same value, else a new inode. A new value gets a new
 // inode so that pages the kernel cached for the old value can never be
 // served as part of the new one.
-func (d *scopeDir) versionInode(ctx context.Context, name string, e *index.Entry) *gofs.Inode {
+func (d *scopeDir) versionInode(ctx context.Context, name string, a *index.Attrs, full *index.Entry) *gofs.Inode {
 	pid, _, forWrite := d.retryKind(ctx, name)
 	if ch := d.GetChild(name); ch != nil {
-		if kf, ok := ch.Operations().(*keyFile); ok && kf.reusable(e, pid, forWrite) {
+		if kf, ok := ch.Operations().(*keyFile); ok && kf.reusable(a, full, pid, forWrite) {
 			return ch
 		}
 	}
-	kf := &keyFile{fs: d.fs, dir: d, key: name, entry: packEntry(e)}
+	kf := &keyFile{dir: d, key: name, shown: *a}
 	if forWrite {
-		kf.reservedFor = pid
+		kf.x = &keyExtra{reservedFor: pid}
 	}
 	return d.NewInode(ctx, kf, gofs.StableAttr{Mode: syscall.S_IFREG})
 }
@@ -363,12 +369,12 @@ func (d *scopeDir) Create(ctx context.Context, name string, flags uint32, mode u
 	if err := store.ValidateKey(name); err != nil {
 		return nil, nil, 0, d.fs.errno(err)
 	}
-	kf := &keyFile{fs: d.fs, dir: d, key: name, pending: true}
-	kf.pendingAttr.Mode = mode & 0o7777
+	x := &keyExtra{writers: 1, writeHandles: 1} // h, released in its Release
+	kf := &keyFile{dir: d, key: name, pending: true, x: x}
+	x.pendingAttr.Mode = mode & 0o7777
 	if caller, ok := fuse.FromContext(ctx); ok && caller.Uid != d.fs.opts.UID {
-		kf.pendingAttr.UID, kf.pendingAttr.GID = caller.Uid, caller.Gid
+		x.pendingAttr.UID, x.pendingAttr.GID = caller.Uid, caller.Gid
 	}
-	kf.writers, kf.writeHandles = 1, 1 // h, released in its Release
 	h := &writeHandle{node: kf, truncated: true, appending: flags&syscall.O_APPEND != 0}
 	// A key that exists although the kernel did not know it: open(O_CREAT)
 	// keeps its mode and owner, and without O_TRUNC its bytes; O_EXCL fails.
@@ -376,7 +382,7 @@ func (d *scopeDir) Create(ctx context.Context, name string, flags uint32, mode u
 		if flags&syscall.O_EXCL != 0 {
 			return nil, nil, 0, syscall.EEXIST
 		}
-		kf.pendingAttr.Mode, kf.pendingAttr.UID, kf.pendingAttr.GID = 0, 0, 0
+		x.pendingAttr.Mode, x.pendingAttr.UID, x.pendingAttr.GID = 0, 0, 0
 		h.truncated = flags&syscall.O_TRUNC != 0
 	}
 	ch := d.NewInode(ctx, kf, gofs.StableAttr{Mode: syscall.S_IFREG})

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -35,6 +36,8 @@ var ErrFormat = errors.New("index format not recognised")
 type DB struct {
 	bolt *bolt.DB
 	path string
+
+	touches atomic.Int64 // transactions since the last ReleasePages, weighed (see touched)
 
 	// Group commit (see Batch).
 	batchMu sync.Mutex
@@ -156,18 +159,40 @@ func (db *DB) Path() string { return db.path }
 // View runs fn in a read-only transaction. A damaged page met on the way
 // fails it with a *DamagedError instead of a panic (see guard).
 func (db *DB) View(fn func(*Tx) error) error {
-	return guard(db.path, func() error {
+	err := guard(db.path, func() error {
 		return db.bolt.View(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
 	})
+	db.touched(1)
+	return err
 }
 
 // Update runs fn in a read-write transaction, committed (and synced) when
 // fn returns nil. A damaged page fails it as in View.
 func (db *DB) Update(fn func(*Tx) error) error {
-	return guard(db.path, func() error {
+	err := guard(db.path, func() error {
 		return db.bolt.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
 	})
+	db.touched(releaseAfter)
+	return err
 }
+
+// touched counts what a transaction may have mapped in (a commit: its
+// path through each tree it changed, the old freelist; a read: a lookup's
+// path), and gives the pages back (ReleasePages) once it adds up to
+// releaseAfter. Every page fault on the map maps the 16 pages around it
+// too (the kernel's fault-around), so a commit adds some 800 KB to the
+// daemon's RSS, a lookup some 30 KB: 10,000 small puts left 35 MB of a
+// 50 MB index.db resident, and the lookups of a day's reads would map the
+// rest. A release takes about 10 µs (against about 1.5 ms for a durable
+// commit): after every commit, and after every 32 reads.
+func (db *DB) touched(weight int64) {
+	if db.touches.Add(weight) >= releaseAfter {
+		db.touches.Store(0)
+		_ = db.ReleasePages()
+	}
+}
+
+const releaseAfter = 32
 
 // Batch is Update for concurrent writers: calls that arrive while a commit
 // is running share the next one (group commit), so N writers pay for about
@@ -370,14 +395,20 @@ func (t *Tx) unaccount(old *Entry, u *Usage) error {
 }
 
 // ForEach calls fn for every entry of scope in key order, expired or not.
+// The entry is reused: it is only valid during the call (copy it to keep it).
 func (t *Tx) ForEach(scope string, fn func(*Entry) error) error {
 	b, err := t.scope(scope)
 	if err != nil {
 		return err
 	}
 	c := b.Cursor()
+	var e Entry
+	n := 0
 	for k, v := c.First(); k != nil; k, v = c.Next() {
-		e := Entry{Scope: scope, Key: string(k)}
+		if n++; n%releaseEvery == 0 {
+			t.ReleasePages()
+		}
+		e = Entry{Scope: scope, Key: string(k)}
 		if err := e.Decode(v); err != nil {
 			return fmt.Errorf("%s/%s: %w", scope, k, err)
 		}

@@ -28,7 +28,16 @@ func FuzzDecodeEntry(f *testing.F) {
 
 	f.Fuzz(func(t *testing.T, rec []byte) {
 		e := index.Entry{Scope: "s", Key: "k"}
-		if err := e.Decode(rec); err != nil {
+		err := e.Decode(rec)
+		// DecodeAttrs (listings) accepts exactly the records Decode does,
+		// and reads the same attributes from them.
+		var a index.Attrs
+		if aerr := a.DecodeAttrs(rec); (aerr == nil) != (err == nil) {
+			t.Fatalf("Decode: %v, DecodeAttrs: %v\nrecord %x", err, aerr, rec)
+		} else if err == nil && a != e.Attrs() {
+			t.Fatalf("DecodeAttrs read %+v, Decode %+v", a, e.Attrs())
+		}
+		if err != nil {
 			return
 		}
 		if e.Scope != "s" || e.Key != "k" {

@@ -87,6 +87,141 @@ func SeedIndexJSONSize(entries []Entry, dir string, now time.Time) int64 {
 	return size
 }
 
+// SeedIndexSizer is SeedIndexJSONSize one entry at a time, for a scan that
+// holds no list of entries (Store.ForEachLive): Add each entry of the scope
+// once, in any order; Size is then the size of its _index.json at now.
+type SeedIndexSizer struct {
+	dir      string
+	now      time.Time
+	n        int
+	size     int64
+	scratch  []byte
+	fixed    int64 // the literal text of a plain record (-1: not yet known)
+	dirPlain int8  // 1: dir is plain (see plainDir); -1: not; 0: not yet known
+}
+
+// NewSeedIndexSizer sizes the _index.json of a scope shown in dir at now.
+func NewSeedIndexSizer(dir string, now time.Time) *SeedIndexSizer {
+	return &SeedIndexSizer{dir: dir, now: now, fixed: -1}
+}
+
+// Add counts e, if it is alive at the sizer's now.
+func (z *SeedIndexSizer) Add(e *Entry) {
+	if e.ExpiredAt(z.now) {
+		return
+	}
+	if n, ok := z.plainSize(e); ok {
+		z.size += n
+	} else {
+		z.scratch = appendSeedRecord(z.scratch[:0], z.n == 0, e, z.dir)
+		z.size += int64(len(z.scratch))
+	}
+	z.n++
+}
+
+// plainSize is len(appendSeedRecord(nil, _, e, dir)) counted rather than
+// written, for the common record: a key by the key rules, a content type
+// JSON writes as it is, no metadata, times within years 0–9999 (26
+// characters each). Sizing the _index.json of 100,000 keys (every `ls -l`
+// after a change) then formats no times and builds no paths. ok is false
+// for any other record, which the caller formats.
+func (z *SeedIndexSizer) plainSize(e *Entry) (n int64, ok bool) {
+	if len(e.Meta) > 0 || !plainKey(e.Key) || !plainJSON(e.ContentType) || !z.plainDir() ||
+		!fixedWidthTime(e.CreatedAt) || !e.ExpiresAt.IsZero() && !fixedWidthTime(e.ExpiresAt) {
+		return 0, false
+	}
+	if z.fixed < 0 {
+		// The literal text of a record: format one and take away what
+		// varies, so the two can never disagree.
+		cal := Entry{Key: "k", CreatedAt: time.Unix(0, 0)}
+		z.fixed = int64(len(appendSeedRecord(nil, false, &cal, z.dir))) - z.variable(&cal)
+	}
+	return z.fixed + z.variable(e), true
+}
+
+// variable is the length of the parts of a plain record that vary.
+func (z *SeedIndexSizer) variable(e *Entry) int64 {
+	var buf [40]byte
+	n := 2 * (len(e.Key) + 2) // "key" twice, quoted
+	n += z.joinLen(e.Key) + 2 // "dir/key"
+	n += len(e.ContentType) + 2
+	n += len(strconv.AppendInt(buf[:0], e.Size, 10))
+	n += 2 * FingerprintSize
+	n += len(seedTimeFormat) // created_at
+	if e.ExpiresAt.IsZero() {
+		n += len("null")
+	} else {
+		n += len(seedTimeFormat) + 2
+	}
+	n += len(appendJSONFloat(buf[:0], e.TTL.Hours()))
+	return int64(n)
+}
+
+// joinLen is len(path.Join(dir, key)) for a clean dir and a plain key.
+func (z *SeedIndexSizer) joinLen(key string) int {
+	if z.dir == "/" {
+		return 1 + len(key)
+	}
+	return len(z.dir) + 1 + len(key)
+}
+
+// plainDir reports whether the sizer's dir is clean, absolute and written
+// by JSON as it is (so path.Join only adds a slash and the key).
+func (z *SeedIndexSizer) plainDir() bool {
+	if z.dirPlain == 0 {
+		z.dirPlain = -1
+		if strings.HasPrefix(z.dir, "/") && path.Clean(z.dir) == z.dir && plainJSON(z.dir) {
+			z.dirPlain = 1
+		}
+	}
+	return z.dirPlain > 0
+}
+
+// plainKey reports whether key follows the key rules (a letter or digit,
+// then letters, digits, '.', '_', '-'): JSON writes it as it is and
+// path.Join appends it as it is.
+func plainKey(key string) bool {
+	if key == "" {
+		return false
+	}
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case i > 0 && (c == '.' || c == '_' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// plainJSON reports whether appendJSONString writes s between quotes as
+// it is.
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
+}
+
+// fixedWidthTime reports whether t, in UTC, formats with seedTimeFormat
+// in exactly len(seedTimeFormat) characters (a four-digit year).
+func fixedWidthTime(t time.Time) bool {
+	y := t.UTC().Year()
+	return y >= 0 && y <= 9999
+}
+
+// Size is the size of the document with the entries added.
+func (z *SeedIndexSizer) Size() int64 {
+	if z.n == 0 {
+		return int64(len(emptySeedIndex))
+	}
+	return z.size + int64(len(seedIndexEnd))
+}
+
 const (
 	emptySeedIndex = "{}\n"
 	seedIndexEnd   = "\n}\n"

@@ -166,6 +166,13 @@ func TestSeedIndexJSONMatchesEncodingJSON(t *testing.T) {
 		if size := index.SeedIndexJSONSize(entries, dir, now); size != int64(len(want)) {
 			t.Fatalf("round %d: SeedIndexJSONSize %d, document is %d bytes", round, size, len(want))
 		}
+		z := index.NewSeedIndexSizer(dir, now)
+		for i := len(entries) - 1; i >= 0; i-- { // in any order
+			z.Add(&entries[i])
+		}
+		if size := z.Size(); size != int64(len(want)) {
+			t.Fatalf("round %d: SeedIndexSizer %d, document is %d bytes", round, size, len(want))
+		}
 	}
 }
 
@@ -178,5 +185,46 @@ func BenchmarkSeedIndexJSON100k(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		index.SeedIndexJSON(entries, "/workspace/.iris/kv-cache/task", now)
+	}
+}
+
+// TestSeedIndexSizerPlainRecords: the sizer counts the common record (a
+// key by the key rules, no metadata) without formatting it; the count must
+// be the document's length, whatever the sizes, times, TTLs, content types
+// and directory (a "/" root, an unclean one, one JSON escapes).
+func TestSeedIndexSizerPlainRecords(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	now := time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)
+	keyChars := "abcXYZ019._-"
+	ttls := []time.Duration{0, time.Nanosecond, 90 * time.Minute, 24 * time.Hour, 1e6 * time.Hour, 1234567 * time.Millisecond}
+	cts := []string{"", "text/plain", "application/octet-stream", "text/x; q=\"1\"", "é"}
+	for _, dir := range []string{"/workspace/.iris/kv-cache/task", "/", "/mnt/x/", "/mnt/a b", "/mnt/\"q\"", "rel/dir"} {
+		entries := make([]index.Entry, 0, 300)
+		for i := 0; i < 300; i++ {
+			key := fmt.Sprintf("%c%d", "aZ7"[rng.IntN(3)], i)
+			for j := rng.IntN(12); j > 0; j-- {
+				key += string(keyChars[rng.IntN(len(keyChars))])
+			}
+			e := entry("task", key, key, time.Time{})
+			e.Size = rng.Int64N(1 << uint(rng.IntN(40)+1))
+			e.CreatedAt = now.Add(-time.Duration(rng.Int64N(1e17)))
+			if rng.IntN(2) == 0 {
+				e.ExpiresAt = now.Add(time.Duration(rng.Int64N(1e17)) - time.Hour)
+			}
+			e.TTL = ttls[rng.IntN(len(ttls))]
+			e.ContentType = cts[rng.IntN(len(cts))]
+			if rng.IntN(20) == 0 {
+				e.Meta = map[string]string{"m": "v"}
+			}
+			entries = append(entries, e)
+		}
+		want := len(index.SeedIndexJSON(entries, dir, now))
+		z := index.NewSeedIndexSizer(dir, now)
+		for i := range entries {
+			z.Add(&entries[i])
+		}
+		if got := z.Size(); got != int64(want) {
+			t.Errorf("dir %q: sizer says %d bytes, the document is %d", dir, got, want)
+		}
 	}
 }

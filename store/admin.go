@@ -164,7 +164,59 @@ func (s *Store) List(scope string) ([]index.Entry, error) {
 			return nil
 		})
 	})
+	if len(out) >= releaseAfterScan {
+		s.releaseIndexPages()
+	}
 	return out, opErr("ls", scope, "", err)
+}
+
+// ListAttrs is List for a filesystem: the live keys of scope in key order,
+// each with only the attributes a file shows (index.Attrs). It allocates a
+// key string per name and one slice, not an entry, content type and
+// metadata map per key as List does.
+func (s *Store) ListAttrs(scope string) ([]index.Listed, error) {
+	if _, err := s.scope(scope); err != nil {
+		return nil, opErr("ls", scope, "", err)
+	}
+	now := s.now()
+	var out []index.Listed
+	err := s.db.View(func(tx *index.Tx) error {
+		out = make([]index.Listed, 0, tx.Usage(scope).Keys)
+		return tx.ForEachAttrs(scope, func(k []byte, a *index.Attrs) error {
+			if !a.ExpiredAt(now) {
+				out = append(out, index.Listed{Key: string(k), Attrs: *a})
+			}
+			return nil
+		})
+	})
+	if len(out) >= releaseAfterScan {
+		s.releaseIndexPages()
+	}
+	return out, opErr("ls", scope, "", err)
+}
+
+// ForEachLive calls fn with every entry of scope alive now, in key order,
+// inside one read of the index, without holding them all: the entry is only
+// valid during the call, and fn must not call the store.
+func (s *Store) ForEachLive(scope string, fn func(e *index.Entry)) error {
+	if _, err := s.scope(scope); err != nil {
+		return opErr("ls", scope, "", err)
+	}
+	now := s.now()
+	n := 0
+	err := s.db.View(func(tx *index.Tx) error {
+		return tx.ForEach(scope, func(e *index.Entry) error {
+			if !e.ExpiredAt(now) {
+				n++
+				fn(e)
+			}
+			return nil
+		})
+	})
+	if n >= releaseAfterScan {
+		s.releaseIndexPages()
+	}
+	return opErr("ls", scope, "", err)
 }
 
 // PruneResult says what a prune reclaimed.

@@ -416,3 +416,40 @@ func utScopeStats(t testing.TB, st store.Stats, name string) store.ScopeStats {
 	t.Fatalf("no stats for scope %s", name)
 	return store.ScopeStats{}
 }
+
+// TestListAttrsAgreesWithList: the filesystem's listing (ListAttrs) has
+// exactly List's keys, in order, with List's attributes, and hides an entry
+// from the instant it expires.
+func TestListAttrsAgreesWithList(t *testing.T) {
+	s, clk := utOpen(t, store.Options{})
+	utPut(t, s, "task", "b", "bb", store.PutOptions{Meta: map[string]string{"x": "y"}, ContentType: "text/x"})
+	utPut(t, s, "task", "a", "a", store.PutOptions{Mode: 0o600, UID: 5, GID: 6})
+	utPut(t, s, "task", "c", "ccc", store.PutOptions{TTL: time.Minute})
+	check := func(want []string) {
+		t.Helper()
+		full, err := s.List("task")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.ListAttrs("task")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(full) || len(got) != len(want) {
+			t.Fatalf("ListAttrs %d keys, List %d, want %v", len(got), len(full), want)
+		}
+		for i := range got {
+			if got[i].Key != want[i] || got[i].Key != full[i].Key || got[i].Attrs != full[i].Attrs() {
+				t.Fatalf("ListAttrs[%d] = %+v, List has %+v", i, got[i], full[i])
+			}
+		}
+	}
+	check([]string{"a", "b", "c"})
+	clk.Add(time.Minute - time.Nanosecond)
+	check([]string{"a", "b", "c"})
+	clk.Add(time.Nanosecond)
+	check([]string{"a", "b"})
+	if _, err := s.ListAttrs("nosuch"); !errors.Is(err, store.ErrBadScope) {
+		t.Fatalf("ListAttrs of an unknown scope: %v", err)
+	}
+}

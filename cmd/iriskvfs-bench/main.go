@@ -192,6 +192,7 @@ func realMain() int {
 	flag.BoolVar(&o.rt, "rt", true, "after the timed runs, mount iriskvfs with --debug and count the FUSE requests per operation")
 	flag.BoolVar(&o.fresh, "fresh", false, "rebuild the store fixtures even if matching ones are kept in DIR")
 	flag.BoolVar(&o.peers, "peers", true, "run gocryptfs and rclone where installed")
+	flag.BoolVar(&o.keepCaches, "keep-caches", false, "never drop the kernel's caches (the cold reads are then warm): for a run beside other tests, e.g. to measure memory")
 	flag.Parse()
 	if flag.NArg() != 0 {
 		fmt.Fprintln(os.Stderr, "iriskvfs-bench: no arguments expected")

@@ -38,6 +38,8 @@ func mountCommands() []*cli.Command {
 				&cli.BoolFlag{Name: "allow-other", Usage: "let other users use the mount (adds default_permissions)"},
 				&cli.BoolFlag{Name: "read-only", Usage: "refuse every change through the mount"},
 				&cli.BoolFlag{Name: "debug", Usage: "log every FUSE request"},
+				&cli.StringFlag{Name: memoryLimitFlag, EnvVars: []string{"IRISKVFS_MEMORY_LIMIT"}, Value: defaultMemoryLimit,
+					Usage: "soft limit of the daemon's Go memory, `SIZE` (e.g. 256MiB; 0 or off: none); it rises to 1.25x the live heap if that outgrows it"},
 			},
 			Action: cmdMount,
 		},
@@ -69,6 +71,9 @@ func cmdMount(c *cli.Context) error {
 	point, err := mountPoint(c)
 	if err != nil {
 		return err
+	}
+	if _, err := parseMemoryLimit(c.String(memoryLimitFlag)); err != nil {
+		return usageError{err}
 	}
 	if c.Bool("daemon") && os.Getenv(readyFDEnv) == "" {
 		return startDaemon(c, point)
@@ -115,6 +120,11 @@ func serveMount(c *cli.Context, point string, ready func(error)) error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	stopLimit, err := startMemoryLimit(c.String(memoryLimitFlag), c.IsSet(memoryLimitFlag), log)
+	if err != nil {
+		return err
+	}
+	defer stopLimit()
 	if dir, err := filepath.Abs(c.String("store")); err == nil && releaseKilledDaemon(point, dir) {
 		log.Warn("aborted the mount of a killed daemon that could not exit", "mountpoint", point)
 	}
@@ -172,6 +182,7 @@ func serveMount(c *cli.Context, point string, ready func(error)) error {
 	defer admin.Close()
 	log.Info("mounted", "mountpoint", point, "store", s.Dir(), "pid", os.Getpid(), "admin_socket", api.SocketPath(s.Dir()),
 		"new_blob_durability", s.NameDurability())
+	startPprof(log)
 	ready(nil)
 
 	stopPruner := startPruner(s, log)
@@ -309,6 +320,9 @@ func startDaemon(c *cli.Context, point string) error {
 		if c.Bool(f) {
 			args = append(args, "--"+f)
 		}
+	}
+	if c.IsSet(memoryLimitFlag) {
+		args = append(args, "--"+memoryLimitFlag, c.String(memoryLimitFlag))
 	}
 	cmd := exec.Command(self, args...)
 	cmd.Env = append(os.Environ(), readyFDEnv+"=3")
