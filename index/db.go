@@ -38,6 +38,7 @@ type DB struct {
 	path string
 
 	touches atomic.Int64 // transactions since the last ReleasePages, weighed (see touched)
+	mapped  mappingLength // the length of bbolt's mapping, for ReleasePages
 
 	// Group commit (see Batch).
 	batchMu sync.Mutex
@@ -160,7 +161,7 @@ func (db *DB) Path() string { return db.path }
 // fails it with a *DamagedError instead of a panic (see guard).
 func (db *DB) View(fn func(*Tx) error) error {
 	err := guard(db.path, func() error {
-		return db.bolt.View(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
+		return db.bolt.View(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx, db: db}) })
 	})
 	db.touched(1)
 	return err
@@ -170,7 +171,7 @@ func (db *DB) View(fn func(*Tx) error) error {
 // fn returns nil. A damaged page fails it as in View.
 func (db *DB) Update(fn func(*Tx) error) error {
 	err := guard(db.path, func() error {
-		return db.bolt.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
+		return db.bolt.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx, db: db}) })
 	})
 	db.touched(releaseAfter)
 	return err
@@ -260,6 +261,7 @@ func (db *DB) runBatch(calls []*batchCall) {
 // entries, usage, reference counts and expiry index consistent.
 type Tx struct {
 	tx *bolt.Tx
+	db *DB
 }
 
 // Usage is what a scope holds.

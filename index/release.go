@@ -1,6 +1,10 @@
 package index
 
 import (
+	"os"
+	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 
 	bolt "go.etcd.io/bbolt"
@@ -23,14 +27,66 @@ import (
 //     writing, so the map cannot move or vanish under the madvise. Other
 //     transactions reading meanwhile merely fault the pages in again.
 //   - The length is the transaction's size (its high-water page times the
-//     page size), which bbolt never lets exceed the mapped size.
+//     page size) clamped to the mapping's own length, read from
+//     /proc/self/maps. A healthy index never has pages past its mapping,
+//     but a damaged one can claim any high-water mark, and a madvise past
+//     the mapping would zero whatever the Go heap keeps there.
 func (db *DB) ReleasePages() error {
 	return guard(db.path, func() error {
 		return db.bolt.View(func(tx *bolt.Tx) error {
-			info := db.bolt.Info()
-			return madviseDontNeed(info.Data, uintptr(tx.Size()))
+			return db.release(tx)
 		})
 	})
+}
+
+// release drops the pages of tx's view of the mapping. Callers hold a
+// read transaction (bbolt cannot remap meanwhile).
+func (db *DB) release(tx *bolt.Tx) error {
+	data := db.bolt.Info().Data
+	n := min(uintptr(tx.Size()), db.mapped.length(data))
+	return madviseDontNeed(data, n)
+}
+
+// mappingLength caches the length of the mapping that starts at an
+// address, from /proc/self/maps. bbolt only ever replaces its mapping by a
+// larger one (it remaps to grow), so a cached length is never more than
+// the current mapping's at the same address; a new address is looked up.
+type mappingLength struct {
+	mu   sync.Mutex
+	addr uintptr
+	n    uintptr
+}
+
+func (m *mappingLength) length(addr uintptr) uintptr {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if addr == m.addr && m.n != 0 {
+		return m.n
+	}
+	m.addr, m.n = addr, mappingAt(addr)
+	return m.n
+}
+
+// mappingAt returns the length of the mapping of this process that starts
+// at addr, or 0 if there is none (then nothing is released).
+func mappingAt(addr uintptr) uintptr {
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(maps), "\n") {
+		span, _, _ := strings.Cut(line, " ")
+		lo, hi, ok := strings.Cut(span, "-")
+		if !ok {
+			continue
+		}
+		start, err1 := strconv.ParseUint(lo, 16, 64)
+		end, err2 := strconv.ParseUint(hi, 16, 64)
+		if err1 == nil && err2 == nil && uintptr(start) == addr && end > start {
+			return uintptr(end - start)
+		}
+	}
+	return 0
 }
 
 // madviseDontNeed drops the pages of [addr, addr+n) from this process's
@@ -56,7 +112,7 @@ func (t *Tx) ReleasePages() {
 	if t.tx.Writable() {
 		return
 	}
-	_ = madviseDontNeed(t.tx.DB().Info().Data, uintptr(t.tx.Size()))
+	_ = t.db.release(t.tx)
 }
 
 // releaseEvery is how many entries a scan reads between releases of the
