@@ -37,7 +37,7 @@ type DB struct {
 	bolt *bolt.DB
 	path string
 
-	touches atomic.Int64 // transactions since the last ReleasePages, weighed (see touched)
+	touches atomic.Int64  // transactions since the last ReleasePages, weighed (see touched)
 	mapped  mappingLength // the length of bbolt's mapping, for ReleasePages
 
 	// Group commit (see Batch).
