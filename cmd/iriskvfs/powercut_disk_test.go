@@ -69,6 +69,11 @@ type recDisk struct {
 	stats   diskStats
 	frozen  bool
 	release chan struct{} // closed by unfreeze
+	// cutAtFlush > 0: cut when the cutAtFlush-th flush with writes to
+	// flush arrives, before it is done; cutDone is closed then.
+	cutAtFlush int
+	cutMinimum int // counting only flushes with at least this many pieces to flush
+	cutDone    chan struct{}
 }
 
 var (
@@ -85,7 +90,7 @@ var (
 // newRecDisk is a disk of size bytes holding image (a map of 4 KiB blocks;
 // absent blocks are zero), all of it durable.
 func newRecDisk(size int64, image map[int64][]byte) *recDisk {
-	d := &recDisk{size: size, cur: map[int64][]byte{}, durable: image, release: make(chan struct{})}
+	d := &recDisk{size: size, cur: map[int64][]byte{}, durable: image, release: make(chan struct{}), cutDone: make(chan struct{})}
 	for k, v := range image {
 		d.cur[k] = bytes.Clone(v)
 	}
@@ -195,10 +200,20 @@ func (d *recDisk) Fsync(ctx context.Context, f gofs.FileHandle, flags uint32) sy
 		return 0
 	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if d.frozen {
+		d.mu.Unlock()
 		return 0
 	}
+	if d.cutAtFlush > 0 && len(d.pending) >= max(d.cutMinimum, 1) {
+		if d.cutAtFlush--; d.cutAtFlush == 0 {
+			d.frozen = true
+			close(d.cutDone)
+			d.mu.Unlock()
+			<-d.release
+			return 0
+		}
+	}
+	defer d.mu.Unlock()
 	for _, p := range d.pending {
 		applyPiece(d.durable, p)
 	}
@@ -240,7 +255,17 @@ type diskCut struct {
 	pending []diskPiece
 }
 
-// cut freezes the disk and returns its state; the disk never changes again.
+// armFlushCut makes the disk cut itself when the n-th flush that has at
+// least min pieces to flush arrives: the moment its cache holds the most.
+func (d *recDisk) armFlushCut(n, min int) <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.cutAtFlush, d.cutMinimum = n, min
+	return d.cutDone
+}
+
+// cut freezes the disk (if it has not cut itself) and returns its state;
+// the disk never changes again.
 func (d *recDisk) cut() diskCut {
 	d.mu.Lock()
 	defer d.mu.Unlock()

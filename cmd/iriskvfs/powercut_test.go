@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iriskvfs/iriskvfs/fs"
 	"github.com/iriskvfs/iriskvfs/store"
 )
 
@@ -315,9 +316,10 @@ func (r *pcRound) handle(line string) {
 
 // pcStats is what the test saw, for its log.
 type pcStats struct {
-	cuts, images, acks, checked, inflight, inflightOld, inflightNew int
-	pieces, fsyncs, writes                                          int64
-	modes                                                           map[string]int
+	cuts, flushCuts, images, acks, checked int
+	inflight, inflightOld, inflightNew     int
+	pieces, fsyncs, writes                 int64
+	modes                                  map[string]int
 }
 
 func powercutIterations(t *testing.T) int {
@@ -350,8 +352,8 @@ func TestPowerCut(t *testing.T) {
 			t.Fatalf("cut %d failed (seed %d)", it, seed)
 		}
 	}
-	t.Logf("%d cuts in %v, %d images checked (%v): %d acknowledged operations; %d acknowledged values checked, %d operations in flight at a cut seen old %d times and new %d times; %d writes and %d flushes reached the disk, %d pieces (4 KiB or less) unflushed at the cuts; %d keys at the end",
-		st.cuts, time.Since(start).Round(time.Millisecond), st.images, st.modes, st.acks, st.checked, st.inflight, st.inflightOld, st.inflightNew, st.writes, st.fsyncs, st.pieces, len(model))
+	t.Logf("%d cuts (%d at a flush) in %v, %d images checked (%v): %d acknowledged operations; %d acknowledged values checked, %d operations in flight at a cut seen old %d times and new %d times; %d writes and %d flushes reached the disk, %d pieces (4 KiB or less) unflushed at the cuts; %d keys at the end",
+		st.cuts, st.flushCuts, time.Since(start).Round(time.Millisecond), st.images, st.modes, st.acks, st.checked, st.inflight, st.inflightOld, st.inflightNew, st.writes, st.fsyncs, st.pieces, len(model))
 	if st.acks == 0 || st.fsyncs == 0 {
 		t.Fatal("no acknowledged operation or no flush: the test tested nothing")
 	}
@@ -425,13 +427,21 @@ func powercutOnce(t *testing.T, it int, image map[int64][]byte, model map[string
 			}
 		}
 	}()
-	// Half the cuts come 100-1500 ms after the writer is ready, the others
-	// a few hundred µs after its n-th operation began.
-	cutAfter := -1
-	if rng.IntN(2) == 0 {
+	// A third of the cuts come 100-1500 ms after the writer is ready,
+	// a third 0-2 ms after its n-th operation began, and a third when the
+	// n-th flush with at least 1, 8 or 24 pieces to flush reaches the disk
+	// (cut before it is done, with the most in the volatile cache).
+	cutAfter, how := -1, rng.IntN(3)
+	var timer, flushCut <-chan time.Time
+	switch how {
+	case 1:
 		cutAfter = 3 + rng.IntN(40)
+	case 2:
+		done := disk.armFlushCut(1+rng.IntN(50), []int{1, 8, 24}[rng.IntN(3)])
+		c := make(chan time.Time)
+		go func() { <-done; close(c) }()
+		flushCut = c
 	}
-	var timer <-chan time.Time
 	safety := time.After(60 * time.Second)
 wait:
 	for {
@@ -445,7 +455,7 @@ wait:
 			wasReady, intents := r.ready, r.intents
 			r.handle(line)
 			switch {
-			case !wasReady && r.ready && cutAfter < 0:
+			case !wasReady && r.ready && how == 0:
 				timer = time.After(time.Duration(100+rng.IntN(1400)) * time.Millisecond)
 			case !wasReady && r.ready:
 				timer = time.After(10 * time.Second) // should the writer stall
@@ -453,6 +463,9 @@ wait:
 				timer = time.After(time.Duration(rng.IntN(2000)) * time.Microsecond)
 			}
 		case <-timer:
+			break wait
+		case <-flushCut:
+			st.flushCuts++
 			break wait
 		case <-safety:
 			t.Fatalf("the writer did not get going within 60 s:\n%s", werr.String())
@@ -477,6 +490,13 @@ wait:
 		t.Errorf("kill the daemon: %v", err)
 	}
 	disk.unfreeze()
+	// A daemon killed while it sent the kernel an invalidation that waits
+	// for a directory lock held by a request of the writer's cannot die,
+	// and that request waits for it: abort the connection (a power cut
+	// is not gentle either).
+	if err := fs.AbortConnection(point); err != nil {
+		t.Errorf("abort the mount's connection: %v", err)
+	}
 	drained := make(chan struct{})
 	go func() {
 		defer close(drained)
