@@ -431,8 +431,9 @@ func closeFUSEOnExec(t *testing.T) {
 
 // loopDev is an attached loop device.
 type loopDev struct {
-	dev  string // /dev/loopN
-	name string // loopN
+	dev     string // /dev/loopN
+	name    string // loopN
+	backing string // its backing file, as the kernel names it
 }
 
 // attachLoop attaches file to a free loop device (direct I/O if dio and
@@ -449,7 +450,12 @@ func attachLoop(t *testing.T, file string, dio bool) *loopDev {
 	}
 	dev := strings.TrimSpace(string(out))
 	l := &loopDev{dev: dev, name: filepath.Base(dev)}
+	waitFor(2*time.Second, func() bool { l.backing = l.sysfs("loop/backing_file"); return l.backing != "" })
 	t.Cleanup(func() { l.detach(t) })
+	if l.backing == "" {
+		exec.Command("losetup", "-d", dev).Run()
+		t.Fatalf("%s has no backing file after losetup", dev)
+	}
 	return l
 }
 
@@ -459,16 +465,18 @@ func (l *loopDev) sysfs(name string) string {
 }
 
 // detach detaches the loop device (once no one holds it) and waits until
-// it has let go of its backing file.
+// it has let go of its backing file. A device that no longer has our file
+// is left alone: someone else may have attached it since.
 func (l *loopDev) detach(t *testing.T) {
 	t.Helper()
-	if l.sysfs("loop/backing_file") == "" {
+	ours := func() bool { return l.backing != "" && l.sysfs("loop/backing_file") == l.backing }
+	if !ours() {
 		return
 	}
-	if out, err := exec.Command("losetup", "-d", l.dev).CombinedOutput(); err != nil && l.sysfs("loop/backing_file") != "" {
+	if out, err := exec.Command("losetup", "-d", l.dev).CombinedOutput(); err != nil && ours() {
 		t.Errorf("losetup -d %s: %v: %s", l.dev, err, out)
 	}
-	if !waitFor(20*time.Second, func() bool { return l.sysfs("loop/backing_file") == "" }) {
+	if !waitFor(20*time.Second, func() bool { return !ours() }) {
 		t.Errorf("%s still has its backing file %s 20 s after losetup -d", l.dev, l.sysfs("loop/backing_file"))
 	}
 }

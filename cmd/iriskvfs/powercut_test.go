@@ -52,13 +52,15 @@ const (
 	powercutDirEnv     = "IRISKVFS_POWERCUT_DIR"
 	powercutStoreEnv   = "IRISKVFS_POWERCUT_STORE"
 	powercutCLIEnv     = "IRISKVFS_POWERCUT_CLI"
+	powercutRoleEnv    = "IRISKVFS_POWERCUT_ROLE"
 	powercutDiskSize   = 128 << 20
 )
 
-// TestPowerCutWriter is the writer; it runs only inside TestPowerCut. Two
-// goroutines write through the mount and one through the CLI, each on keys
-// of its own (prefixes w0-, w1-, c-), so each has at most one operation in
-// flight on a key. Lines (one write(2) each, under PIPE_BUF):
+// TestPowerCutWriter is a writer; it runs only inside TestPowerCut, twice:
+// with role "mount" two goroutines write through the mount, with role
+// "cli" one writes through the CLI, each on keys of its own (prefixes w0-,
+// w1-, c-), so each has at most one operation in flight on a key. Lines
+// (one write(2) each, under PIPE_BUF):
 //
 //	ready
 //	intent put KEY SHA256 SIZE   ack put KEY SHA256
@@ -112,7 +114,11 @@ func TestPowerCutWriter(t *testing.T) {
 	}
 	say("ready")
 	var wg sync.WaitGroup
-	for w := 0; w < 3; w++ {
+	goroutines := []int{0, 1} // through the mount
+	if os.Getenv(powercutRoleEnv) == "cli" {
+		goroutines = []int{2}
+	}
+	for _, w := range goroutines {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -386,47 +392,70 @@ func powercutOnce(t *testing.T, it int, image map[int64][]byte, model map[string
 
 	// The workload, up to the cut.
 	r := &pcRound{t: t, model: maps.Clone(model), pending: map[string]*pcOp{}}
-	w := exec.Command(os.Args[0], "-test.run=^TestPowerCutWriter$", "-test.count=1")
-	w.Env = append(os.Environ(), crashChildEnv+"="+powercutWriterMode, powercutDirEnv+"="+filepath.Join(point, crashScope),
-		powercutStoreEnv+"="+storeDir, powercutCLIEnv+"="+cliPath(t), crashSeedEnv+"="+strconv.FormatUint(rng.Uint64(), 10))
-	w.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // its CLI children die with it
-	var werr bytes.Buffer
-	w.Stderr = &werr
-	stdout, err := w.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Start(); err != nil {
-		t.Fatal(err)
-	}
+	// Two writer processes: the one that writes through the mount must
+	// not fork (the close of a descriptor at a child's exec publishes a
+	// value half written: see "Known limits"), so the CLI runs from the
+	// other.
+	childSeed := strconv.FormatUint(rng.Uint64(), 10)
+	lines := make(chan string)
+	var readers sync.WaitGroup
+	var writers []*exec.Cmd
+	var werr bytes.Buffer // both writers' stderr
+	var werrMu sync.Mutex
 	wdone := false
 	t.Cleanup(func() {
 		if !wdone {
-			_ = syscall.Kill(-w.Process.Pid, syscall.SIGKILL)
-			_ = w.Wait()
+			for _, w := range writers {
+				_ = syscall.Kill(-w.Process.Pid, syscall.SIGKILL)
+				_ = w.Wait()
+			}
 		}
 	})
-	lines := make(chan string)
-	go func() {
-		defer close(lines)
-		buf := make([]byte, 0, 64<<10)
-		chunk := make([]byte, 4096)
-		for {
-			n, err := stdout.Read(chunk)
-			buf = append(buf, chunk[:n]...)
-			for {
-				i := bytes.IndexByte(buf, '\n')
-				if i < 0 {
-					break
-				}
-				lines <- string(buf[:i])
-				buf = buf[i+1:]
-			}
-			if err != nil {
-				return
-			}
+	for _, role := range []string{"mount", "cli"} {
+		w := exec.Command(os.Args[0], "-test.run=^TestPowerCutWriter$", "-test.count=1")
+		w.Env = append(os.Environ(), crashChildEnv+"="+powercutWriterMode, powercutRoleEnv+"="+role,
+			powercutDirEnv+"="+filepath.Join(point, crashScope), powercutStoreEnv+"="+storeDir,
+			powercutCLIEnv+"="+cliPath(t), crashSeedEnv+"="+childSeed)
+		w.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // its CLI children die with it
+		w.Stderr = lockedWriter{&werrMu, &werr}
+		stdout, err := w.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
 		}
-	}()
+		if err := w.Start(); err != nil {
+			t.Fatal(err)
+		}
+		writers = append(writers, w)
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			buf := make([]byte, 0, 64<<10)
+			chunk := make([]byte, 4096)
+			for {
+				n, err := stdout.Read(chunk)
+				buf = append(buf, chunk[:n]...)
+				for {
+					i := bytes.IndexByte(buf, '\n')
+					if i < 0 {
+						break
+					}
+					lines <- string(buf[:i])
+					buf = buf[i+1:]
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	go func() { readers.Wait(); close(lines) }()
+	stderr := func() string { werrMu.Lock(); defer werrMu.Unlock(); return werr.String() }
+	waitWriters := func() {
+		for _, w := range writers {
+			_ = w.Wait()
+		}
+		wdone = true
+	}
 	// A third of the cuts come 100-1500 ms after the writer is ready,
 	// a third 0-2 ms after its n-th operation began, and a third when the
 	// n-th flush with at least 1, 8 or 24 pieces to flush reaches the disk
@@ -448,9 +477,8 @@ wait:
 		select {
 		case line, ok := <-lines:
 			if !ok {
-				_ = w.Wait()
-				wdone = true
-				t.Fatalf("the writer stopped before the cut:\n%s", werr.String())
+				waitWriters()
+				t.Fatalf("the writers stopped before the cut:\n%s", stderr())
 			}
 			wasReady, intents := r.ready, r.intents
 			r.handle(line)
@@ -468,7 +496,7 @@ wait:
 			st.flushCuts++
 			break wait
 		case <-safety:
-			t.Fatalf("the writer did not get going within 60 s:\n%s", werr.String())
+			t.Fatalf("the writers did not get going within 60 s:\n%s", stderr())
 		}
 	}
 
@@ -485,7 +513,9 @@ wait:
 	st.pieces += int64(len(cut.pending))
 	st.fsyncs += dst.fsyncs
 	st.writes += dst.writes
-	_ = syscall.Kill(-w.Process.Pid, syscall.SIGKILL)
+	for _, w := range writers {
+		_ = syscall.Kill(-w.Process.Pid, syscall.SIGKILL)
+	}
 	if err := syscall.Kill(d.pid, syscall.SIGKILL); err != nil {
 		t.Errorf("kill the daemon: %v", err)
 	}
@@ -507,10 +537,9 @@ wait:
 	select {
 	case <-drained:
 	case <-time.After(30 * time.Second):
-		t.Fatalf("the killed writer (pid %d) did not end within 30 s:\n%s", w.Process.Pid, threadStates(w.Process.Pid))
+		t.Fatalf("the killed writers (pid %d) did not end within 30 s:\n%s", writers[0].Process.Pid, threadStates(writers[0].Process.Pid))
 	}
-	_ = w.Wait()
-	wdone = true
+	waitWriters()
 	if !waitFor(20*time.Second, func() bool { return processGone(d.pid) }) {
 		t.Fatalf("the daemon (pid %d) survived SIGKILL:\n%s", d.pid, threadStates(d.pid))
 	}
@@ -677,13 +706,27 @@ func powercutCheck(t *testing.T, it int, desc string, cut diskCut, keep func(int
 	}
 
 	unmountExt4(t, ext)
-	if out, err := exec.Command("e2fsck", "-fn", loop.dev).CombinedOutput(); err != nil {
+	loop.detach(t)
+	// On the file, not the loop device: another test may be attaching or
+	// detaching loop devices at the same time.
+	if out, err := exec.Command("e2fsck", "-fn", file).CombinedOutput(); err != nil {
 		t.Errorf("cut %d, image %q: e2fsck -fn after the replay: %v\n%s", it, desc, err, out)
 	}
-	loop.detach(t)
 	img, _, err := readImage(file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return img, got
+}
+
+// lockedWriter serialises writes to w.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
