@@ -47,7 +47,7 @@ bench-fuse:
 	$(GO) run ./cmd/iriskvfs-bench
 
 # The long versions of the randomized and kill tests (README, "Stress testing"):
-# ~15 minutes with the defaults; root and /dev/fuse required.
+# ~20 minutes with the defaults; root and /dev/fuse required (and loop devices, ext4).
 STRESS_TIME  ?= 2m
 STRESS_KILLS ?= 200
 STRESS_CUTS  ?= 100
