@@ -540,6 +540,11 @@ wait:
 		t.Fatalf("the killed writers (pid %d) did not end within 30 s:\n%s", writers[0].Process.Pid, threadStates(writers[0].Process.Pid))
 	}
 	waitWriters()
+	// Killed by SIGKILL, a writer says nothing more: anything on its
+	// stderr is an operation that failed before the cut.
+	if msg := stderr(); msg != "" {
+		t.Errorf("cut %d: a writer failed before the cut:\n%s", it, msg)
+	}
 	if !waitFor(20*time.Second, func() bool { return processGone(d.pid) }) {
 		t.Fatalf("the daemon (pid %d) survived SIGKILL:\n%s", d.pid, threadStates(d.pid))
 	}
