@@ -47,15 +47,16 @@ bench-fuse:
 	$(GO) run ./cmd/iriskvfs-bench
 
 # The long versions of the randomized and kill tests (README, "Stress testing"):
-# ~15 minutes with the defaults; root and /dev/fuse required.
+# ~20 minutes with the defaults; root and /dev/fuse required (and loop devices, ext4).
 STRESS_TIME  ?= 2m
 STRESS_KILLS ?= 200
-STRESS_TESTS := TestModel|TestModelRegressions|TestNoESTALEUnderReplaceChurn|TestCrashKill|TestCrashKillCLI|TestMountCrashKill|TestCrashMatrix|TestLoad|TestResourceBounds
+STRESS_CUTS  ?= 100
+STRESS_TESTS := TestModel|TestModelRegressions|TestNoESTALEUnderReplaceChurn|TestCrashKill|TestCrashKillCLI|TestMountCrashKill|TestCrashMatrix|TestPowerCut|TestLoad|TestResourceBounds
 
 .PHONY: stress
 stress:
 	IRISKVFS_REQUIRE_FUSE=1 IRISKVFS_MODEL_TIME=$(STRESS_TIME) IRISKVFS_LOAD_TIME=$(STRESS_TIME) \
-	IRISKVFS_CRASH_ITERATIONS=$(STRESS_KILLS) IRISKVFS_RESOURCE_ROUNDS=60 \
+	IRISKVFS_CRASH_ITERATIONS=$(STRESS_KILLS) IRISKVFS_POWERCUT_ITERATIONS=$(STRESS_CUTS) IRISKVFS_RESOURCE_ROUNDS=60 \
 	$(GO) test -race -count=1 -timeout 3h -v -run '^($(STRESS_TESTS))$$' ./fs ./cmd/iriskvfs
 
 clean:
