@@ -387,10 +387,12 @@ func (h *writeHandle) Release(ctx context.Context) syscall.Errno {
 	h.mu.Unlock()
 	if deferred {
 		// A close published nothing because a duplicate stayed open, and
-		// that duplicate went without a close of its own (the last
-		// reference was dropped by munmap, or by a descriptor passed over a
-		// socket and never received). Nobody waits for RELEASE to report
-		// an error, so what was written is published now rather than lost.
+		// that duplicate never had a close of its own. Every descriptor
+		// leaves a process's table through close (exec and exit included),
+		// so a FLUSH follows; this is a guard against a /proc answer that
+		// was wrong, not a path a process takes. Nobody waits for RELEASE
+		// to report an error, so what was staged is published rather than
+		// lost.
 		if errno := h.publish(true); errno != 0 {
 			h.node.dir.fs.log.Warn("publish at release failed", "scope", h.node.scope(), "key", h.node.name(), "errno", errno.Error())
 		}

@@ -198,8 +198,21 @@ func TestIntegrity(t *testing.T) {
 		t.Errorf("cat of a corrupted value: %v, want Input/output error", err)
 	}
 
-	if after := c.VerifyFailures.Load(); after < before+2 {
-		t.Errorf("VerifyFailures %d -> %d, want at least 2 more", before, after)
+	wantFailuresCounted(t, tm, before, 2)
+	wantOthersUnaffected(t, tm, "fine", "big")
+	// Writing the key again repairs it.
+	writeFile(t, tm.path("task", "big"), []byte("new"))
+	if got := readFile(t, tm.path("task", "big")); string(got) != "new" {
+		t.Errorf("after rewrite: %q", got)
+	}
+}
+
+// wantFailuresCounted checks that at least n more verification failures
+// than before were counted, in the store and in .stats.
+func wantFailuresCounted(t *testing.T, tm *testMount, before int64, n int64) {
+	t.Helper()
+	if after := tm.store.Counters().VerifyFailures.Load(); after < before+n {
+		t.Errorf("VerifyFailures %d -> %d, want at least %d more", before, after, n)
 	}
 	var st struct {
 		VerifyFailures int64 `json:"verification_failures"`
@@ -207,19 +220,19 @@ func TestIntegrity(t *testing.T) {
 	if err := json.Unmarshal(readFile(t, tm.path(".stats")), &st); err != nil {
 		t.Fatal(err)
 	}
-	if st.VerifyFailures < 2 {
+	if st.VerifyFailures < n {
 		t.Errorf(".stats verification_failures = %d", st.VerifyFailures)
 	}
-	// Other keys are unaffected, and stat of the corrupt one still answers.
-	if got := readFile(t, tm.path("task", "fine")); string(got) != "fine" {
-		t.Errorf("fine: %q", got)
+}
+
+// wantOthersUnaffected checks that after corrupt was refused, key fine
+// (holding its own name) still reads, and stat of corrupt still answers.
+func wantOthersUnaffected(t *testing.T, tm *testMount, fine, corrupt string) {
+	t.Helper()
+	if got := readFile(t, tm.path("task", fine)); string(got) != fine {
+		t.Errorf("%s: %q", fine, got)
 	}
-	if _, err := os.Stat(tm.path("task", "big")); err != nil {
+	if _, err := os.Stat(tm.path("task", corrupt)); err != nil {
 		t.Errorf("stat of a corrupt key: %v", err)
-	}
-	// Writing the key again repairs it.
-	writeFile(t, tm.path("task", "big"), []byte("new"))
-	if got := readFile(t, tm.path("task", "big")); string(got) != "new" {
-		t.Errorf("after rewrite: %q", got)
 	}
 }

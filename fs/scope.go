@@ -134,11 +134,8 @@ func (d *scopeDir) OnAdd(ctx context.Context) {
 
 // indexJSON generates the scope's _index.json for an open.
 func (d *scopeDir) indexJSON() ([]byte, error) {
-	entries, err := d.fs.store.List(d.scope)
-	if err != nil {
-		return nil, err
-	}
-	return index.SeedIndexJSON(entries, d.indexDir(), d.fs.store.Now()), nil
+	doc, _, err := d.indexJSONUntil()
+	return doc, err
 }
 
 // indexJSONUntil generates the scope's _index.json and says until when it

@@ -84,12 +84,7 @@ func TestCrashChild(t *testing.T) {
 		}
 		return false
 	}
-	say := func(format string, args ...any) {
-		// One write per line: os.Stdout is unbuffered.
-		if _, err := fmt.Fprintf(os.Stdout, format+"\n", args...); err != nil {
-			os.Exit(5)
-		}
-	}
+	say := announcer()
 	rng := rand.New(rand.NewPCG(seed, 0x1a2b))
 	stream := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16), byte(seed >> 24)})
 	say("ready")
@@ -566,4 +561,18 @@ func waitStaged(dir string, size int64, timeout time.Duration) bool {
 		time.Sleep(2 * time.Millisecond)
 	}
 	return false
+}
+
+// announcer returns how a writer child tells the test what it does: one
+// line per call, one write(2) each (os.Stdout is unbuffered), never two
+// interleaved; a child whose parent stopped listening exits (status 5).
+func announcer() func(format string, args ...any) {
+	var mu sync.Mutex
+	return func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		if _, err := fmt.Fprintf(os.Stdout, format+"\n", args...); err != nil {
+			os.Exit(5)
+		}
+	}
 }

@@ -155,14 +155,7 @@ func TestMatrixWriter(t *testing.T) {
 		fmt.Fprintln(os.Stderr, "writer:", err)
 		os.Exit(3)
 	}
-	var mu sync.Mutex
-	say := func(format string, args ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		if _, err := fmt.Fprintf(os.Stdout, format+"\n", args...); err != nil {
-			os.Exit(5)
-		}
-	}
+	say := announcer()
 	fail := func(err error) {
 		fmt.Fprintf(os.Stderr, "writer: at %d: %v\n", time.Now().UnixNano(), err)
 		os.Exit(3)

@@ -51,14 +51,7 @@ func TestMountCrashWriter(t *testing.T) {
 	dir := os.Getenv(mcrashDirEnv)
 	seed, _ := strconv.ParseUint(os.Getenv(crashSeedEnv), 10, 64)
 	time.AfterFunc(2*time.Minute, func() { os.Exit(4) }) // never outlive a lost parent
-	var mu sync.Mutex
-	say := func(format string, args ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		if _, err := fmt.Fprintf(os.Stdout, format+"\n", args...); err != nil {
-			os.Exit(5)
-		}
-	}
+	say := announcer()
 	fail := func(err error) {
 		fmt.Fprintf(os.Stderr, "writer: at %d: %v\n", time.Now().UnixNano(), err)
 		os.Exit(3)

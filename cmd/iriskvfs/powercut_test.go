@@ -85,14 +85,7 @@ func TestPowerCutWriter(t *testing.T) {
 		}
 		return nil
 	}
-	var mu sync.Mutex
-	say := func(format string, args ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		if _, err := fmt.Fprintf(os.Stdout, format+"\n", args...); err != nil {
-			os.Exit(5)
-		}
-	}
+	say := announcer()
 	fail := func(err error) {
 		fmt.Fprintf(os.Stderr, "writer: %v\n", err)
 		os.Exit(3)
