@@ -134,19 +134,15 @@ func (t *Tx) ForEachAttrs(scope string, fn func(key []byte, a *Attrs) error) err
 	if err != nil {
 		return err
 	}
-	c := b.Cursor()
 	var a Attrs
 	n := 0
-	for k, v := c.First(); k != nil; k, v = c.Next() {
+	return t.each(b, func(k, v []byte) error {
 		if n++; n%releaseEvery == 0 {
 			t.ReleasePages()
 		}
 		if err := a.DecodeAttrs(v); err != nil {
 			return fmt.Errorf("%s/%s: %w", scope, k, err)
 		}
-		if err := fn(k, &a); err != nil {
-			return err
-		}
-	}
-	return nil
+		return fn(k, &a)
+	})
 }

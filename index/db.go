@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,7 +28,14 @@ var (
 	keyFormat    = []byte("format")
 )
 
-const formatVersion = "1"
+// formatVersion is written by this version. "2" has a journal
+// (journal.go): an index of format "1" is upgraded when opened, and a
+// version that knows only "1" refuses a "2", whose latest commits it would
+// not see.
+const formatVersion = "2"
+
+// readableVersions are the formats this version opens.
+var readableVersions = []string{"1", "2"}
 
 // ErrFormat reports an index that was not written by this version.
 var ErrFormat = errors.New("index format not recognised")
@@ -44,7 +52,38 @@ type DB struct {
 	batchMu sync.Mutex
 	queue   []*batchCall
 	leading bool
+
+	opts Options
+	// commitMu is held by whoever changes the index: the batch leader
+	// (journaled commits), Update, a checkpoint.
+	commitMu sync.Mutex
+	j        *journal
+	ov       atomic.Pointer[overlay] // journaled changes not in bbolt yet
+
+	// Journal counters, for the store's statistics.
+	JournalCommits atomic.Int64
+	Checkpoints    atomic.Int64
 }
+
+// Options are what the store tells the index about its files.
+type Options struct {
+	// Replay is given the attachments of each journal record replayed when
+	// the index is opened (Tx.Attach), oldest first, before the record's
+	// changes are applied. A failure fails the open.
+	Replay func(attach [][]byte) error
+	// Sync makes durable what attachments stood for (the store's value
+	// files). A checkpoint calls it before the journal stops holding them,
+	// and a commit with attachments that is too large for the journal
+	// calls it before its bbolt commit.
+	Sync func() error
+	// CheckpointChanges is how many journaled changes the overlay holds
+	// before a checkpoint moves them into bbolt (0: the default).
+	CheckpointChanges int
+}
+
+// defaultCheckpointChanges bounds the overlay (and a replay): a small put
+// makes 3 or 4 changes.
+const defaultCheckpointChanges = 2048
 
 type batchCall struct {
 	fn   func(*Tx) error
@@ -57,6 +96,15 @@ type batchCall struct {
 // than its own metadata says, fails with a *DamagedError (errors.Is
 // ErrDamaged), never a panic.
 func Open(path string, scopes []string) (*DB, error) {
+	return OpenWith(path, scopes, Options{})
+}
+
+// OpenWith is Open with the store's options. It replays the journal: the
+// commits a crash left there are in the index when it returns.
+func OpenWith(path string, scopes []string, opts Options) (*DB, error) {
+	if opts.CheckpointChanges <= 0 {
+		opts.CheckpointChanges = defaultCheckpointChanges
+	}
 	b, err := openBolt(path, &bolt.Options{
 		Timeout: time.Second,
 		// The freelist is synced with each commit: without it every open
@@ -68,7 +116,8 @@ func Open(path string, scopes []string) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	db := &DB{bolt: b, path: path}
+	db := &DB{bolt: b, path: path, opts: opts}
+	var jid [16]byte
 	err = db.Update(func(t *Tx) error {
 		tx := t.tx
 		if err := checkSize(path, tx); err != nil {
@@ -79,12 +128,24 @@ func Open(path string, scopes []string) (*DB, error) {
 			return err
 		}
 		switch v := meta.Get(keyFormat); {
-		case v == nil:
+		case v != nil && !slices.Contains(readableVersions, string(v)):
+			return fmt.Errorf("%w: version %q", ErrFormat, v)
+		case string(v) != formatVersion:
 			if err := meta.Put(keyFormat, []byte(formatVersion)); err != nil {
 				return err
 			}
-		case string(v) != formatVersion:
-			return fmt.Errorf("%w: version %q", ErrFormat, v)
+		}
+		if v := meta.Get(keyJournalID); len(v) == len(jid) {
+			copy(jid[:], v)
+		} else {
+			id, err := newJournalID()
+			if err != nil {
+				return err
+			}
+			jid = id
+			if err := meta.Put(keyJournalID, id[:]); err != nil {
+				return err
+			}
 		}
 		for _, name := range [][]byte{bucketScopes, bucketUsage, bucketRefs, bucketExpiry} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
@@ -103,7 +164,99 @@ func Open(path string, scopes []string) (*DB, error) {
 		_ = guard(path, b.Close)
 		return nil, err
 	}
+	if err := db.openJournal(jid); err != nil {
+		_ = guard(path, b.Close)
+		return nil, err
+	}
 	return db, nil
+}
+
+// openJournal opens the journal and replays it into bbolt.
+func (db *DB) openJournal(id [16]byte) error {
+	j, recs, err := openJournal(journalPath(db.path), id)
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		// No room for a new journal (journalSize): commit without one,
+		// each commit synced in bbolt, as before journals.
+		_ = os.Remove(journalPath(db.path))
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("index journal: %w", err)
+	}
+	if len(recs) > 0 {
+		all := make([]changes, 0, len(recs))
+		for i, body := range recs {
+			c, attach, err := decodeRecord(body)
+			if err != nil {
+				// The CRC matched: this version wrote something it cannot
+				// read back. Refuse rather than lose the rest.
+				j.f.Close()
+				return fmt.Errorf("index journal: record %d: %w", i, err)
+			}
+			if len(attach) > 0 && db.opts.Replay != nil {
+				if err := db.opts.Replay(attach); err != nil {
+					j.f.Close()
+					return fmt.Errorf("index journal: replaying record %d: %w", i, err)
+				}
+			}
+			all = append(all, c)
+		}
+		err := guard(db.path, func() error {
+			return db.bolt.Update(func(tx *bolt.Tx) error {
+				for _, c := range all {
+					if err := apply(tx, c); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		})
+		if err == nil {
+			err = j.reset()
+		}
+		if err != nil {
+			j.f.Close()
+			return fmt.Errorf("index journal: replay: %w", err)
+		}
+	}
+	db.j = j
+	return nil
+}
+
+// Checkpoint moves the journaled changes into bbolt and empties the
+// journal.
+func (db *DB) Checkpoint() error {
+	db.commitMu.Lock()
+	defer db.commitMu.Unlock()
+	return db.checkpoint()
+}
+
+// checkpoint is Checkpoint with commitMu held. The overlay is dropped only
+// once bbolt has its changes: a reader meanwhile sees them in either.
+func (db *DB) checkpoint() error {
+	ov := db.ov.Load()
+	if ov == nil || db.j == nil {
+		return nil
+	}
+	if db.opts.Sync != nil {
+		if err := db.opts.Sync(); err != nil {
+			return err
+		}
+	}
+	c := ov.final()
+	err := guard(db.path, func() error {
+		return db.bolt.Update(func(tx *bolt.Tx) error { return apply(tx, c) })
+	})
+	if err != nil {
+		return err
+	}
+	db.touched(releaseAfter)
+	if err := db.j.reset(); err != nil {
+		return err
+	}
+	db.ov.Store(nil)
+	db.Checkpoints.Add(1)
+	return nil
 }
 
 // openBolt opens the bbolt file at path. A file bbolt refuses (not a bbolt
@@ -152,7 +305,21 @@ func checkSize(path string, tx *bolt.Tx) error {
 }
 
 // Close closes the index.
-func (db *DB) Close() error { return guard(db.path, db.bolt.Close) }
+func (db *DB) Close() error {
+	db.commitMu.Lock()
+	defer db.commitMu.Unlock()
+	err := db.checkpoint()
+	if db.j != nil {
+		if cerr := db.j.f.Close(); err == nil {
+			err = cerr
+		}
+		db.j = nil
+	}
+	if cerr := guard(db.path, db.bolt.Close); err == nil {
+		err = cerr
+	}
+	return err
+}
 
 // Path is the index file.
 func (db *DB) Path() string { return db.path }
@@ -160,21 +327,101 @@ func (db *DB) Path() string { return db.path }
 // View runs fn in a read-only transaction. A damaged page met on the way
 // fails it with a *DamagedError instead of a panic (see guard).
 func (db *DB) View(fn func(*Tx) error) error {
+	// The overlay before the bbolt transaction: a checkpoint in between
+	// leaves changes in both, never in neither.
+	ov := db.ov.Load()
 	err := guard(db.path, func() error {
-		return db.bolt.View(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx, db: db}) })
+		return db.bolt.View(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx, db: db, ov: ov}) })
 	})
 	db.touched(1)
 	return err
 }
 
-// Update runs fn in a read-write transaction, committed (and synced) when
-// fn returns nil. A damaged page fails it as in View.
+// Update runs fn in a read-write bbolt transaction, committed (and synced)
+// when fn returns nil, after a checkpoint: for the rare changes that are
+// large or need the whole of bbolt (prune, clear, fsck, rebuild). A damaged
+// page fails it as in View.
 func (db *DB) Update(fn func(*Tx) error) error {
+	db.commitMu.Lock()
+	defer db.commitMu.Unlock()
+	if err := db.checkpoint(); err != nil {
+		return err
+	}
+	return db.update(fn)
+}
+
+func (db *DB) update(fn func(*Tx) error) error {
 	err := guard(db.path, func() error {
-		return db.bolt.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx, db: db}) })
+		return db.bolt.Update(func(tx *bolt.Tx) error {
+			t := &Tx{tx: tx, db: db}
+			if err := fn(t); err != nil {
+				return err
+			}
+			if len(t.attach) > 0 && db.opts.Sync != nil {
+				return db.opts.Sync()
+			}
+			return nil
+		})
 	})
 	db.touched(releaseAfter)
 	return err
+}
+
+// journaled runs fn against bbolt and the overlay, and commits what it
+// changed through the journal: one write and one fdatasync. commitMu is
+// held. A commit too large for the journal is written into bbolt after a
+// checkpoint instead.
+func (db *DB) journaled(fn func(*Tx) error) error {
+	if db.j == nil {
+		return db.update(fn)
+	}
+	var t *Tx
+	err := guard(db.path, func() error {
+		btx, err := db.bolt.Begin(false)
+		if err != nil {
+			return err
+		}
+		defer btx.Rollback()
+		t = &Tx{tx: btx, db: db, ov: db.ov.Load(), w: changes{}}
+		return fn(t)
+	})
+	db.touched(1)
+	if err != nil || len(t.w) == 0 {
+		return err
+	}
+	body := encodeRecord(t.w, t.attach)
+	if !fitsEmpty(len(body)) {
+		if err := db.checkpoint(); err != nil {
+			return err
+		}
+		if len(t.attach) > 0 && db.opts.Sync != nil {
+			if err := db.opts.Sync(); err != nil {
+				return err
+			}
+		}
+		err := guard(db.path, func() error {
+			return db.bolt.Update(func(tx *bolt.Tx) error { return apply(tx, t.w) })
+		})
+		db.touched(releaseAfter)
+		return err
+	}
+	if !db.j.fits(len(body)) {
+		if err := db.checkpoint(); err != nil {
+			return err
+		}
+	}
+	if err := db.j.append(body); err != nil {
+		return err
+	}
+	ov := db.ov.Load().with(t.w)
+	db.ov.Store(ov)
+	db.JournalCommits.Add(1)
+	if ov.n >= db.opts.CheckpointChanges {
+		// The commit is durable and published; a failed checkpoint
+		// leaves it in the journal, to be tried again.
+		_ = db.checkpoint()
+	}
+	return nil
 }
 
 // touched counts what a transaction may have mapped in (a commit: its
@@ -233,9 +480,11 @@ func (db *DB) Batch(fn func(*Tx) error) error {
 // runBatch commits calls in one transaction. A call that fails is run
 // again alone, so its error is its own and the others still commit.
 func (db *DB) runBatch(calls []*batchCall) {
+	db.commitMu.Lock()
+	defer db.commitMu.Unlock()
 	for len(calls) > 0 {
 		failed := -1
-		err := db.Update(func(tx *Tx) error {
+		err := db.journaled(func(tx *Tx) error {
 			for i, c := range calls {
 				if err := c.fn(tx); err != nil {
 					failed = i
@@ -252,17 +501,31 @@ func (db *DB) runBatch(calls []*batchCall) {
 			return
 		}
 		c := calls[failed]
-		c.done <- db.Update(c.fn)
+		c.done <- db.journaled(c.fn)
 		calls = append(calls[:failed:failed], calls[failed+1:]...)
 	}
 }
 
 // Tx is an index transaction. Every change made through it keeps the
 // entries, usage, reference counts and expiry index consistent.
+//
+// It reads bbolt through the overlay of journaled changes (ov), and its own
+// changes (w) when it is journaled; a direct transaction (Update) writes
+// bbolt itself.
 type Tx struct {
-	tx *bolt.Tx
-	db *DB
+	tx     *bolt.Tx
+	db     *DB
+	ov     *overlay
+	w      changes // nil: read-only, or direct
+	attach [][]byte
 }
+
+// Attach adds b to the commit: the journal keeps it with the commit's
+// changes, and a replay of the commit gives it to Options.Replay first. The
+// store attaches a small value whose file it has not synced, so that one
+// fdatasync makes the value and its entry durable. Where the commit does
+// not go through the journal, Options.Sync runs before it instead.
+func (t *Tx) Attach(b []byte) { t.attach = append(t.attach, b) }
 
 // Usage is what a scope holds.
 type Usage struct {
@@ -270,12 +533,100 @@ type Usage struct {
 	Keys  int64
 }
 
-func (t *Tx) scope(scope string) (*bolt.Bucket, error) {
-	b := t.tx.Bucket(bucketScopes).Bucket([]byte(scope))
-	if b == nil {
-		return nil, fmt.Errorf("index: no bucket for scope %q", scope)
+func errNoBucket(name string) error {
+	if len(name) > len(bkScope) && name[:len(bkScope)] == bkScope {
+		return fmt.Errorf("index: no bucket for scope %q", name[len(bkScope):])
 	}
-	return b, nil
+	return fmt.Errorf("index: no bucket %q", name)
+}
+
+// get is the value of key in bucket: this transaction's change, else the
+// overlay's, else bbolt's. It is only valid during the transaction.
+func (t *Tx) get(bucket string, key []byte) []byte {
+	if c, ok := t.w[bucket][string(key)]; ok {
+		return c.val
+	}
+	if c, ok := t.ov.lookup(bucket, key); ok {
+		return c.val
+	}
+	if b := boltBucket(t.tx, bucket); b != nil {
+		return b.Get(key)
+	}
+	return nil
+}
+
+func (t *Tx) put(bucket string, key, val []byte) error {
+	if t.w != nil {
+		t.w.set(bucket, key, val, false)
+		return nil
+	}
+	b := boltBucket(t.tx, bucket)
+	if b == nil {
+		return errNoBucket(bucket)
+	}
+	return b.Put(key, val)
+}
+
+func (t *Tx) del(bucket string, key []byte) error {
+	if t.w != nil {
+		t.w.set(bucket, key, nil, true)
+		return nil
+	}
+	b := boltBucket(t.tx, bucket)
+	if b == nil {
+		return errNoBucket(bucket)
+	}
+	return b.Delete(key)
+}
+
+// each calls fn for every key of bucket in order, as get sees them. k and
+// v are only valid during the call; fn returning errStop ends the walk
+// without an error. fn may change the bucket only in a journaled
+// transaction (the walk reads bbolt, not the changes).
+func (t *Tx) each(bucket string, fn func(k, v []byte) error) error {
+	b := boltBucket(t.tx, bucket)
+	if b == nil {
+		return errNoBucket(bucket)
+	}
+	over := mergedChanges(t.ov, t.w, bucket)
+	c := b.Cursor()
+	k, v := c.First()
+	i := 0
+	for k != nil || i < len(over) {
+		var err error
+		switch {
+		case i < len(over) && (k == nil || over[i].key <= string(k)):
+			o := over[i]
+			if k != nil && o.key == string(k) {
+				k, v = c.Next()
+			}
+			i++
+			if o.del {
+				continue
+			}
+			err = fn([]byte(o.key), o.val)
+		default:
+			err = fn(k, v)
+			k, v = c.Next()
+		}
+		if err == errStop {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var errStop = errors.New("stop")
+
+func (t *Tx) scope(scope string) (string, error) {
+	name := scopeBucket(scope)
+	if boltBucket(t.tx, name) == nil {
+		return "", errNoBucket(name)
+	}
+	return name, nil
 }
 
 // Scopes lists the scope buckets present in the index.
@@ -294,7 +645,7 @@ func (t *Tx) Get(scope, key string) (Entry, bool, error) {
 	if err != nil {
 		return Entry{}, false, err
 	}
-	v := b.Get([]byte(key))
+	v := t.get(b, []byte(key))
 	if v == nil {
 		return Entry{}, false, nil
 	}
@@ -315,7 +666,7 @@ func (t *Tx) Put(e Entry) (old Entry, replaced bool, err error) {
 	if err != nil {
 		return Entry{}, false, err
 	}
-	if err := b.Put([]byte(e.Key), e.Encode()); err != nil {
+	if err := t.put(b, []byte(e.Key), e.Encode()); err != nil {
 		return Entry{}, false, err
 	}
 	u := t.Usage(e.Scope)
@@ -330,7 +681,7 @@ func (t *Tx) Put(e Entry) (old Entry, replaced bool, err error) {
 		return Entry{}, false, err
 	}
 	if !e.ExpiresAt.IsZero() {
-		if err := t.tx.Bucket(bucketExpiry).Put(expiryKey(e.ExpiresAt, e.Scope, e.Key), nil); err != nil {
+		if err := t.put(bkExpiry, expiryKey(e.ExpiresAt, e.Scope, e.Key), nil); err != nil {
 			return Entry{}, false, err
 		}
 	}
@@ -348,18 +699,17 @@ func (t *Tx) SetMeta(e Entry) error {
 		return fmt.Errorf("index: SetMeta of %s/%s would change its value", e.Scope, e.Key)
 	}
 	b, _ := t.scope(e.Scope)
-	if err := b.Put([]byte(e.Key), e.Encode()); err != nil {
+	if err := t.put(b, []byte(e.Key), e.Encode()); err != nil {
 		return err
 	}
 	if !old.ExpiresAt.Equal(e.ExpiresAt) {
-		ex := t.tx.Bucket(bucketExpiry)
 		if !old.ExpiresAt.IsZero() {
-			if err := ex.Delete(expiryKey(old.ExpiresAt, old.Scope, old.Key)); err != nil {
+			if err := t.del(bkExpiry, expiryKey(old.ExpiresAt, old.Scope, old.Key)); err != nil {
 				return err
 			}
 		}
 		if !e.ExpiresAt.IsZero() {
-			if err := ex.Put(expiryKey(e.ExpiresAt, e.Scope, e.Key), nil); err != nil {
+			if err := t.put(bkExpiry, expiryKey(e.ExpiresAt, e.Scope, e.Key), nil); err != nil {
 				return err
 			}
 		}
@@ -374,7 +724,7 @@ func (t *Tx) Delete(scope, key string) (Entry, bool, error) {
 		return old, ok, err
 	}
 	b, _ := t.scope(scope)
-	if err := b.Delete([]byte(key)); err != nil {
+	if err := t.del(b, []byte(key)); err != nil {
 		return Entry{}, false, err
 	}
 	u := t.Usage(scope)
@@ -389,7 +739,7 @@ func (t *Tx) unaccount(old *Entry, u *Usage) error {
 	u.Bytes -= old.Size
 	u.Keys--
 	if !old.ExpiresAt.IsZero() {
-		if err := t.tx.Bucket(bucketExpiry).Delete(expiryKey(old.ExpiresAt, old.Scope, old.Key)); err != nil {
+		if err := t.del(bkExpiry, expiryKey(old.ExpiresAt, old.Scope, old.Key)); err != nil {
 			return err
 		}
 	}
@@ -403,10 +753,9 @@ func (t *Tx) ForEach(scope string, fn func(*Entry) error) error {
 	if err != nil {
 		return err
 	}
-	c := b.Cursor()
 	var e Entry
 	n := 0
-	for k, v := c.First(); k != nil; k, v = c.Next() {
+	return t.each(b, func(k, v []byte) error {
 		if n++; n%releaseEvery == 0 {
 			t.ReleasePages()
 		}
@@ -414,11 +763,8 @@ func (t *Tx) ForEach(scope string, fn func(*Entry) error) error {
 		if err := e.Decode(v); err != nil {
 			return fmt.Errorf("%s/%s: %w", scope, k, err)
 		}
-		if err := fn(&e); err != nil {
-			return err
-		}
-	}
-	return nil
+		return fn(&e)
+	})
 }
 
 // ForEachRaw calls fn with every record of scope, undecoded: fsck uses it
@@ -428,7 +774,7 @@ func (t *Tx) ForEachRaw(scope string, fn func(key string, record []byte) error) 
 	if err != nil {
 		return err
 	}
-	return b.ForEach(func(k, v []byte) error { return fn(string(k), v) })
+	return t.each(b, func(k, v []byte) error { return fn(string(k), v) })
 }
 
 // DeleteRaw removes a record without touching derived state (for records
@@ -438,12 +784,12 @@ func (t *Tx) DeleteRaw(scope, key string) error {
 	if err != nil {
 		return err
 	}
-	return b.Delete([]byte(key))
+	return t.del(b, []byte(key))
 }
 
 // Usage returns the usage counters of scope.
 func (t *Tx) Usage(scope string) Usage {
-	v := t.tx.Bucket(bucketUsage).Get([]byte(scope))
+	v := t.get(bkUsage, []byte(scope))
 	if len(v) != 16 {
 		return Usage{}
 	}
@@ -458,19 +804,19 @@ func (t *Tx) SetUsage(scope string, u Usage) error {
 	var v [16]byte
 	binary.BigEndian.PutUint64(v[:8], uint64(u.Bytes))
 	binary.BigEndian.PutUint64(v[8:], uint64(u.Keys))
-	return t.tx.Bucket(bucketUsage).Put([]byte(scope), v[:])
+	return t.put(bkUsage, []byte(scope), v[:])
 }
 
 // Refs returns how many entries use the blob fp.
 func (t *Tx) Refs(fp Fingerprint) uint64 {
-	v := t.tx.Bucket(bucketRefs).Get(fp[:])
+	v := t.get(bkRefs, fp[:])
 	n, _ := binary.Uvarint(v)
 	return n
 }
 
 // ForEachRef calls fn for every fingerprint with a reference count.
 func (t *Tx) ForEachRef(fn func(fp Fingerprint, n uint64) error) error {
-	return t.tx.Bucket(bucketRefs).ForEach(func(k, v []byte) error {
+	return t.each(bkRefs, func(k, v []byte) error {
 		var fp Fingerprint
 		copy(fp[:], k)
 		n, _ := binary.Uvarint(v)
@@ -480,11 +826,10 @@ func (t *Tx) ForEachRef(fn func(fp Fingerprint, n uint64) error) error {
 
 // SetRefs overwrites the reference count of fp (0 removes it).
 func (t *Tx) SetRefs(fp Fingerprint, n uint64) error {
-	b := t.tx.Bucket(bucketRefs)
 	if n == 0 {
-		return b.Delete(fp[:])
+		return t.del(bkRefs, fp[:])
 	}
-	return b.Put(fp[:], binary.AppendUvarint(nil, n))
+	return t.put(bkRefs, fp[:], binary.AppendUvarint(nil, n))
 }
 
 func (t *Tx) addRef(fp Fingerprint, delta int64) error {
@@ -500,12 +845,17 @@ func (t *Tx) addRef(fp Fingerprint, delta int64) error {
 func (t *Tx) Expired(now time.Time, fn func(scope, key string) error) error {
 	var todo [][2]string
 	limit := expiryPrefix(now)
-	c := t.tx.Bucket(bucketExpiry).Cursor()
-	for k, _ := c.First(); k != nil && bytes.Compare(k[:8], limit) <= 0; k, _ = c.Next() {
-		scope, key, ok := splitExpiryKey(k)
-		if ok {
+	err := t.each(bkExpiry, func(k, _ []byte) error {
+		if len(k) < 8 || bytes.Compare(k[:8], limit) > 0 {
+			return errStop
+		}
+		if scope, key, ok := splitExpiryKey(k); ok {
 			todo = append(todo, [2]string{scope, key})
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	for _, sk := range todo {
 		if err := fn(sk[0], sk[1]); err != nil {
@@ -516,7 +866,11 @@ func (t *Tx) Expired(now time.Time, fn func(scope, key string) error) error {
 }
 
 // ClearExpiry empties the expiry index (fsck rebuilds it from the entries).
+// Only in Update.
 func (t *Tx) ClearExpiry() error {
+	if err := t.direct("ClearExpiry"); err != nil {
+		return err
+	}
 	if err := t.tx.DeleteBucket(bucketExpiry); err != nil {
 		return err
 	}
@@ -524,8 +878,12 @@ func (t *Tx) ClearExpiry() error {
 	return err
 }
 
-// ClearRefs empties the reference counts (fsck rebuilds them).
+// ClearRefs empties the reference counts (fsck rebuilds them). Only in
+// Update.
 func (t *Tx) ClearRefs() error {
+	if err := t.direct("ClearRefs"); err != nil {
+		return err
+	}
 	if err := t.tx.DeleteBucket(bucketRefs); err != nil {
 		return err
 	}
@@ -533,17 +891,28 @@ func (t *Tx) ClearRefs() error {
 	return err
 }
 
+// direct refuses an operation on whole buckets outside Update, where it
+// would bypass the overlay.
+func (t *Tx) direct(op string) error {
+	if t.w != nil || t.ov != nil || !t.tx.Writable() {
+		return fmt.Errorf("index: %s outside Update", op)
+	}
+	return nil
+}
+
 // IndexExpiry adds e to the expiry index (fsck's rebuild).
 func (t *Tx) IndexExpiry(e *Entry) error {
 	if e.ExpiresAt.IsZero() {
 		return nil
 	}
-	return t.tx.Bucket(bucketExpiry).Put(expiryKey(e.ExpiresAt, e.Scope, e.Key), nil)
+	return t.put(bkExpiry, expiryKey(e.ExpiresAt, e.Scope, e.Key), nil)
 }
 
 // ExpiryIndexSize is the number of entries in the expiry index.
 func (t *Tx) ExpiryIndexSize() int {
-	return t.tx.Bucket(bucketExpiry).Stats().KeyN
+	n := 0
+	_ = t.each(bkExpiry, func(_, _ []byte) error { n++; return nil })
+	return n
 }
 
 func expiryPrefix(at time.Time) []byte {

@@ -393,8 +393,19 @@ func (w *Writer) commit() (index.Entry, error) {
 		s.removeBlobs(dropped)
 	}()
 
-	if err := w.nameBlob(fp, concurrent); err != nil {
-		return index.Entry{}, err
+	// A small value whose file takes a new name rides in the index
+	// journal's record (journaled.go): one fdatasync for value and entry.
+	var attach []byte
+	if w.size <= index.JournalMaxAttach {
+		var err error
+		if attach, err = w.nameBlobJournaled(fp); err != nil {
+			return index.Entry{}, err
+		}
+	}
+	if attach == nil {
+		if err := w.nameBlob(fp, concurrent); err != nil {
+			return index.Entry{}, err
+		}
 	}
 
 	now := s.now().UTC()
@@ -402,6 +413,9 @@ func (w *Writer) commit() (index.Entry, error) {
 	var reclaimedKeys []string
 	err := s.db.Batch(func(tx *index.Tx) error {
 		dropped, reclaimedKeys = dropped[:0], nil
+		if attach != nil {
+			tx.Attach(attach)
+		}
 		old, found, err := tx.Get(w.scope.Name, w.key)
 		if err != nil {
 			return err

@@ -173,7 +173,10 @@ func Open(dir string, opts Options) (*Store, error) {
 		lock.Close()
 		return nil, fmt.Errorf("store %s: %w: run 'iriskvfs fsck --repair' to rebuild it", abs, err)
 	}
-	db, err := index.Open(filepath.Join(abs, indexName), opts.Policy.Names())
+	db, err := index.OpenWith(filepath.Join(abs, indexName), opts.Policy.Names(), index.Options{
+		Replay: s.replayValues,
+		Sync:   s.syncValues,
+	})
 	if errors.Is(err, index.ErrDamaged) {
 		lock.Close()
 		return nil, fmt.Errorf("store %s: %w: run 'iriskvfs fsck --repair' to rebuild it", abs, err)

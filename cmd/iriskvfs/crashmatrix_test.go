@@ -24,6 +24,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/iriskvfs/iriskvfs/index"
 	"github.com/iriskvfs/iriskvfs/instructions"
 	"github.com/iriskvfs/iriskvfs/integration/api"
 	"github.com/iriskvfs/iriskvfs/store"
@@ -893,9 +894,15 @@ func (r *matrixRun) adminKill(d *daemon, path string) {
 	case "clear":
 		r.clearKill(d)
 	case "fsck-repair":
-		// Values that fail verification, among many fsck must read.
+		// Values that fail verification, among many fsck must read. The
+		// ones corrupted below are too large to ride in the index journal:
+		// a replay of the journal would write a small one's file again
+		// from the record, and heal it.
 		for i := range 40 {
 			b := make([]byte, 64<<10)
+			if i%13 == 0 {
+				b = make([]byte, index.JournalMaxAttach+1)
+			}
 			rand.NewChaCha8([32]byte{byte(i), byte(r.kills), 9}).Read(b)
 			r.writeKey(fmt.Sprintf("victim-%d", i), b, "")
 		}

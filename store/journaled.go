@@ -1,0 +1,114 @@
+package store
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/iriskvfs/iriskvfs/index"
+)
+
+// A small put is made durable by the index journal alone (index/journal.go):
+// its value file is named without a sync, and the journal record that
+// commits its entry carries the value too. Until a checkpoint has synced
+// the store's files (syncValues), a crash may leave the file short or
+// missing, and opening the store writes it again from the record
+// (replayValues) before the entry is replayed. One fdatasync of the journal
+// instead of an fsync of the file and bbolt's two.
+
+// nameBlobJournaled gives the staged file the name of blob fp when nobody
+// has it, without syncing it, and returns the attachment that stands for
+// it in the journal: fp, then the value. It returns nil (and the caller
+// syncs the file as usual) when the name is taken — a blob some entry may
+// rely on is never replaced by a file not synced — or the filesystem cannot
+// refuse to replace one (no RENAME_NOREPLACE).
+func (w *Writer) nameBlobJournaled(fp index.Fingerprint) ([]byte, error) {
+	attach := make([]byte, len(fp)+int(w.size))
+	copy(attach, fp[:])
+	if _, err := w.f.ReadAt(attach[len(fp):], 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	tmp := filepath.Join(w.s.dir, tmpDir, w.tmpName)
+	blob := w.s.BlobPath(fp)
+	err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, blob, unix.RENAME_NOREPLACE)
+	switch {
+	case err == nil:
+		w.renamed = true
+		return attach, nil
+	case errors.Is(err, unix.EEXIST), errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOSYS):
+		return nil, nil
+	default:
+		return nil, &os.LinkError{Op: "rename", Old: tmp, New: blob, Err: err}
+	}
+}
+
+// replayValues writes again, durably, the value files of a journal record
+// being replayed whose file a crash left short, damaged or missing.
+func (s *Store) replayValues(attach [][]byte) error {
+	for _, a := range attach {
+		if len(a) < len(index.Fingerprint{}) {
+			return fmt.Errorf("journal attachment of %d bytes", len(a))
+		}
+		var fp index.Fingerprint
+		copy(fp[:], a)
+		value := a[len(fp):]
+		if sha256.Sum256(value) != fp {
+			return fmt.Errorf("journal attachment for %x does not hash to it", fp[:6])
+		}
+		path := s.BlobPath(fp)
+		if have, err := os.ReadFile(path); err == nil && bytes.Equal(have, value) {
+			continue
+		}
+		if err := writeFileDurably(path, filepath.Join(s.dir, tmpDir), value); err != nil {
+			return err
+		}
+		s.log.Warn("value file restored from the index journal", "fingerprint", fmt.Sprintf("%x", fp[:]), "bytes", len(value))
+	}
+	return nil
+}
+
+// writeFileDurably replaces path with a read-only file holding data, synced
+// and named durably.
+func writeFileDurably(path, tmpDir string, data []byte) error {
+	f, err := os.CreateTemp(tmpDir, "replay-*"+tmpSuffix)
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(0o444)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// syncValues makes every value file named so far durable, before a
+// checkpoint empties the journal that could restore them: one syncfs of
+// the store's filesystem instead of an fsync per file.
+func (s *Store) syncValues() error {
+	d, err := os.Open(s.dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return unix.Syncfs(int(d.Fd()))
+}
