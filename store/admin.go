@@ -376,8 +376,13 @@ type Stats struct {
 	Misses         int64        `json:"misses"`
 	VerifyFailures int64        `json:"verification_failures"`
 	QuotaRejects   int64        `json:"quota_rejections"`
-	HotEntries     int          `json:"hot_entries"`
-	HotBytes       int64        `json:"hot_bytes"`
+	// JournalCommits and Checkpoints count, since the store was opened,
+	// the index commits made durable by the journal alone and the
+	// checkpoints that moved them into the index file.
+	JournalCommits int64 `json:"journal_commits"`
+	Checkpoints    int64 `json:"checkpoints"`
+	HotEntries     int   `json:"hot_entries"`
+	HotBytes       int64 `json:"hot_bytes"`
 	// Reads counts opens per key of the tracked scopes ("scope/key").
 	Reads map[string]int64 `json:"reads,omitempty"`
 }
@@ -433,6 +438,8 @@ func (s *Store) Stats() (Stats, error) {
 	st.Misses = s.counters.Misses.Load()
 	st.VerifyFailures = s.counters.VerifyFailures.Load()
 	st.QuotaRejects = s.counters.QuotaRejects.Load()
+	st.JournalCommits = s.db.JournalCommits.Load()
+	st.Checkpoints = s.db.Checkpoints.Load()
 	st.HotEntries, st.HotBytes = s.hot.size()
 	if len(s.tracked) > 0 {
 		st.Reads = s.Reads()

@@ -48,6 +48,9 @@ type Options struct {
 	// TrackReads lists scopes whose reads are counted per key (Stats.Reads):
 	// the instructions scope, to see which sets agents load.
 	TrackReads []string
+	// CheckpointChanges is how many journaled index changes wait before a
+	// checkpoint writes them into index.db (0: the index's default).
+	CheckpointChanges int
 }
 
 // Store is an open store directory. Its methods are safe for concurrent use.
@@ -174,8 +177,9 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("store %s: %w: run 'iriskvfs fsck --repair' to rebuild it", abs, err)
 	}
 	db, err := index.OpenWith(filepath.Join(abs, indexName), opts.Policy.Names(), index.Options{
-		Replay: s.replayValues,
-		Sync:   s.syncValues,
+		Replay:            s.replayValues,
+		Sync:              s.syncValues,
+		CheckpointChanges: opts.CheckpointChanges,
 	})
 	if errors.Is(err, index.ErrDamaged) {
 		lock.Close()

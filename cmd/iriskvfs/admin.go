@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -95,8 +96,19 @@ func storeOptions(c *cli.Context) (store.Options, error) {
 	// so that stats has the same shape offline (where nothing was read yet).
 	return store.Options{
 		Policy: p, Logger: slog.New(slog.DiscardHandler),
-		TrackReads: []string{instructions.Scope},
+		TrackReads:        []string{instructions.Scope},
+		CheckpointChanges: checkpointChanges(),
 	}, nil
+}
+
+// checkpointChangesEnv sets how many index changes the journal gathers
+// before a checkpoint (store.Options.CheckpointChanges): for tests that
+// want checkpoints among their crashes, and for tuning.
+const checkpointChangesEnv = "IRISKVFS_CHECKPOINT_CHANGES"
+
+func checkpointChanges() int {
+	n, _ := strconv.Atoi(os.Getenv(checkpointChangesEnv))
+	return max(n, 0)
 }
 
 // withBackend runs fn against the store: through the mount daemon's admin

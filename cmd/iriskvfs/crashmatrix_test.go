@@ -363,6 +363,8 @@ type matrixRun struct {
 // TestCrashMatrix: see the comment at the top of this file.
 func TestCrashMatrix(t *testing.T) {
 	requireFUSE(t)
+	// Checkpoints among the kills (the daemons inherit the environment).
+	t.Setenv(checkpointChangesEnv, "48")
 	iters := crashIterations(t, 2*len(matrixPaths), len(matrixPaths))
 	iters = max(iters, len(matrixPaths))
 	seed := crashSeed()

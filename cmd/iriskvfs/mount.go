@@ -130,8 +130,9 @@ func serveMount(c *cli.Context, point string, ready func(error)) error {
 	}
 	s, err := store.Open(c.String("store"), store.Options{
 		Policy: policy, Logger: log,
-		TrackReads:     []string{instructions.Scope}, // the telemetry of .stats
-		HotFirstScopes: []string{instructions.Scope}, // never evicted by other reads
+		TrackReads:        []string{instructions.Scope}, // the telemetry of .stats
+		HotFirstScopes:    []string{instructions.Scope}, // never evicted by other reads
+		CheckpointChanges: checkpointChanges(),
 	})
 	if err != nil {
 		return err

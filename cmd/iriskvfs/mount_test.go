@@ -923,7 +923,7 @@ func TestMountAdminParity(t *testing.T) {
 
 	stamp := regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z`)
 	// The counters of reads and refusals live in the process that counts.
-	counters := regexp.MustCompile(`(?m)^hits \d+, misses \d+, verification failures \d+, quota rejections \d+$|"(hits|misses|verification_failures|quota_rejections|hot_entries|hot_bytes)": \d+`)
+	counters := regexp.MustCompile(`(?m)^hits \d+, misses \d+, verification failures \d+, quota rejections \d+$|"(hits|misses|verification_failures|quota_rejections|journal_commits|checkpoints|hot_entries|hot_bytes)": \d+`)
 	norm := func(s, storeDir string) string {
 		s = strings.ReplaceAll(s, storeDir, "STORE")
 		s = stamp.ReplaceAllString(s, "TIME")

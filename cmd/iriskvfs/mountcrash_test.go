@@ -139,6 +139,8 @@ func TestMountCrashWriter(t *testing.T) {
 // remount must get out of that too (it aborts the connection).
 func TestMountCrashKill(t *testing.T) {
 	requireFUSE(t)
+	// Checkpoints among the kills (the daemons inherit the environment).
+	t.Setenv(checkpointChangesEnv, "48")
 	iters := crashIterations(t, 15, 5)
 	seed := crashSeed()
 	t.Logf("seed %d (set %s to replay), %d kills", seed, crashSeedEnv, iters)

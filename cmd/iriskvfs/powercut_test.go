@@ -337,6 +337,9 @@ func powercutIterations(t *testing.T) int {
 
 func TestPowerCut(t *testing.T) {
 	requireLoop(t)
+	// Checkpoints every dozen puts or so, so that cuts fall before, in and
+	// after them: the daemons inherit the environment.
+	t.Setenv(checkpointChangesEnv, "48")
 	iters := powercutIterations(t)
 	seed := crashSeed()
 	t.Logf("seed %d (set %s to replay the same choices), %d cuts", seed, crashSeedEnv, iters)

@@ -107,6 +107,7 @@ func cmdServe(c *cli.Context) error {
 	} else {
 		s, err := store.Open(c.String("store"), store.Options{
 			Policy: policy, Logger: log, TrackReads: []string{instructions.Scope},
+			CheckpointChanges: checkpointChanges(),
 		})
 		if err != nil {
 			return err
