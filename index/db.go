@@ -59,6 +59,9 @@ type DB struct {
 	commitMu sync.Mutex
 	j        *journal
 	ov       atomic.Pointer[overlay] // journaled changes not in bbolt yet
+	// epoch moves before every bbolt commit: a reader pairs an overlay
+	// with a bbolt transaction only if none began in between (View).
+	epoch atomic.Uint64
 
 	// Journal counters, for the store's statistics.
 	JournalCommits atomic.Int64
@@ -244,6 +247,7 @@ func (db *DB) checkpoint() error {
 		}
 	}
 	c := ov.final()
+	db.epoch.Add(1)
 	err := guard(db.path, func() error {
 		return db.bolt.Update(func(tx *bolt.Tx) error { return apply(tx, c) })
 	})
@@ -327,12 +331,30 @@ func (db *DB) Path() string { return db.path }
 // View runs fn in a read-only transaction. A damaged page met on the way
 // fails it with a *DamagedError instead of a panic (see guard).
 func (db *DB) View(fn func(*Tx) error) error {
-	// The overlay before the bbolt transaction: a checkpoint in between
-	// leaves changes in both, never in neither.
-	ov := db.ov.Load()
-	err := guard(db.path, func() error {
-		return db.bolt.View(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx, db: db, ov: ov}) })
-	})
+	var err error
+	for {
+		err = guard(db.path, func() error {
+			// The overlay, then the bbolt transaction, with no bbolt
+			// commit begun in between: a checkpoint that ran between them
+			// leaves the overlay's changes in both (harmless), but a
+			// later commit would leave bbolt newer than the overlay that
+			// shadows it.
+			e := db.epoch.Load()
+			ov := db.ov.Load()
+			tx, err := db.bolt.Begin(false)
+			if err != nil {
+				return err
+			}
+			defer tx.Rollback()
+			if db.epoch.Load() != e {
+				return errRetryView
+			}
+			return fn(&Tx{tx: tx, db: db, ov: ov})
+		})
+		if err != errRetryView {
+			break
+		}
+	}
 	db.touched(1)
 	return err
 }
@@ -351,6 +373,7 @@ func (db *DB) Update(fn func(*Tx) error) error {
 }
 
 func (db *DB) update(fn func(*Tx) error) error {
+	db.epoch.Add(1)
 	err := guard(db.path, func() error {
 		return db.bolt.Update(func(tx *bolt.Tx) error {
 			t := &Tx{tx: tx, db: db}
@@ -399,6 +422,7 @@ func (db *DB) journaled(fn func(*Tx) error) error {
 				return err
 			}
 		}
+		db.epoch.Add(1)
 		err := guard(db.path, func() error {
 			return db.bolt.Update(func(tx *bolt.Tx) error { return apply(tx, t.w) })
 		})
@@ -619,7 +643,10 @@ func (t *Tx) each(bucket string, fn func(k, v []byte) error) error {
 	return nil
 }
 
-var errStop = errors.New("stop")
+var (
+	errStop      = errors.New("stop")
+	errRetryView = errors.New("a bbolt commit began while the view was opened")
+)
 
 func (t *Tx) scope(scope string) (string, error) {
 	name := scopeBucket(scope)

@@ -7,6 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -235,4 +238,85 @@ func TestJournalOfAnotherIndexIgnored(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestJournalReadersSeeWholeCommits: while writers commit through the
+// journal and checkpoints move the overlay into bbolt, every read
+// transaction sees one state: the entries it lists add up to the usage it
+// reads, key for key.
+func TestJournalReadersSeeWholeCommits(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	db, err := index.OpenWith(path, testScopes, index.Options{CheckpointChanges: 24})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	stop := make(chan struct{})
+	var writers, readers sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			for i := 0; i < 300; i++ {
+				key := fmt.Sprintf("w%d-%02d", w, rng.IntN(20))
+				e := entry("task", key, fmt.Sprintf("%d-%d-%s", w, i, strings.Repeat("x", rng.IntN(50))), time.Time{})
+				err := db.Batch(func(tx *index.Tx) error {
+					if rng.IntN(3) == 0 {
+						_, _, err := tx.Delete("task", key)
+						return err
+					}
+					_, _, err := tx.Put(e)
+					return err
+				})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	var views atomic.Int64
+	for r := 0; r < 2; r++ {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				err := db.View(func(tx *index.Tx) error {
+					var sum index.Usage
+					if err := tx.ForEach("task", func(e *index.Entry) error {
+						sum.Bytes += e.Size
+						sum.Keys++
+						if _, found, _ := tx.Get("task", e.Key); !found {
+							t.Errorf("%s listed but not found in the same transaction", e.Key)
+						}
+						return nil
+					}); err != nil {
+						return err
+					}
+					if u := tx.Usage("task"); u != sum {
+						t.Errorf("one transaction: usage %+v, entries add up to %+v", u, sum)
+					}
+					return nil
+				})
+				if err != nil {
+					t.Error(err)
+				}
+				views.Add(1)
+			}
+		}()
+	}
+	writers.Wait()
+	close(stop)
+	readers.Wait()
+	if db.Checkpoints.Load() < 10 {
+		t.Errorf("only %d checkpoints: the test did not race them", db.Checkpoints.Load())
+	}
+	t.Logf("%d views, %d journal commits, %d checkpoints", views.Load(), db.JournalCommits.Load(), db.Checkpoints.Load())
+	checkConsistent(t, db)
 }
