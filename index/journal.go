@@ -105,18 +105,54 @@ func openJournal(path string, id [16]byte) (*journal, [][]byte, error) {
 		return j, nil, nil
 	}
 	j.gen = gen
-	j.off = journalHeader
-	var recs [][]byte
-	r := io.NewSectionReader(f, 0, journalSize)
+	recs, end := readRecords(f, gen)
+	j.off, j.seq = end, uint64(len(recs))
+	return j, recs, nil
+}
+
+// readRecords returns the bodies of the records of generation gen, in
+// order, and where the next record goes.
+func readRecords(f io.ReaderAt, gen uint64) (recs [][]byte, end int64) {
+	end = journalHeader
 	for {
-		body, next, ok := readRecord(r, j.off, j.gen, j.seq)
+		body, next, ok := readRecord(f, end, gen, uint64(len(recs)))
 		if !ok {
-			break
+			return recs, end
 		}
 		recs = append(recs, body)
-		j.off, j.seq = next, j.seq+1
+		end = next
 	}
-	return j, recs, nil
+}
+
+// JournalAttachments returns the attachments of the records in the journal
+// beside the index at path, whichever index it belongs to, oldest first: a
+// rebuild of a damaged index writes again from them the values whose files
+// a crash left short. A missing or unreadable journal has none.
+func JournalAttachments(path string) ([][]byte, error) {
+	f, err := os.Open(journalPath(path))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	hdr := make([]byte, journalHeader)
+	if _, err := f.ReadAt(hdr, 0); err != nil {
+		return nil, nil
+	}
+	gen, _, ok := parseJournalHeader(hdr)
+	if !ok {
+		return nil, nil
+	}
+	recs, _ := readRecords(f, gen)
+	var out [][]byte
+	for _, body := range recs {
+		if _, attach, err := decodeRecord(body); err == nil {
+			out = append(out, attach...)
+		}
+	}
+	return out, nil
 }
 
 func (j *journal) allocate() error {

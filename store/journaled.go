@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -24,14 +25,13 @@ import (
 
 // nameBlobJournaled gives the staged file the name of blob fp when nobody
 // has it, without syncing it, and returns the attachment that stands for
-// it in the journal: fp, then the value. It returns nil (and the caller
+// it in the journal (encodeAttachment). It returns nil (and the caller
 // syncs the file as usual) when the name is taken — a blob some entry may
 // rely on is never replaced by a file not synced — or the filesystem cannot
 // refuse to replace one (no RENAME_NOREPLACE).
-func (w *Writer) nameBlobJournaled(fp index.Fingerprint) ([]byte, error) {
-	attach := make([]byte, len(fp)+int(w.size))
-	copy(attach, fp[:])
-	if _, err := w.f.ReadAt(attach[len(fp):], 0); err != nil && !errors.Is(err, io.EOF) {
+func (w *Writer) nameBlobJournaled(fp index.Fingerprint, origin []byte) ([]byte, error) {
+	attach, value := encodeAttachment(fp, origin, int(w.size))
+	if _, err := w.f.ReadAt(value, 0); err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
 	tmp := filepath.Join(w.s.dir, tmpDir, w.tmpName)
@@ -48,24 +48,49 @@ func (w *Writer) nameBlobJournaled(fp index.Fingerprint) ([]byte, error) {
 	}
 }
 
+// encodeAttachment lays out a journaled value: its fingerprint, its
+// origin (originXattr's JSON, for the file written again from it), the
+// value. It returns the attachment and the part the value goes in.
+func encodeAttachment(fp index.Fingerprint, origin []byte, size int) (attach, value []byte) {
+	attach = make([]byte, 0, len(fp)+binary.MaxVarintLen64+len(origin)+size)
+	attach = append(attach, fp[:]...)
+	attach = binary.AppendUvarint(attach, uint64(len(origin)))
+	attach = append(attach, origin...)
+	n := len(attach)
+	attach = attach[:n+size]
+	return attach, attach[n:]
+}
+
+func decodeAttachment(a []byte) (fp index.Fingerprint, origin, value []byte, err error) {
+	if len(a) < len(fp) {
+		return fp, nil, nil, fmt.Errorf("journal attachment of %d bytes", len(a))
+	}
+	copy(fp[:], a)
+	rest := a[len(fp):]
+	n, k := binary.Uvarint(rest)
+	if k <= 0 || n > uint64(len(rest)-k) {
+		return fp, nil, nil, fmt.Errorf("journal attachment for %x: bad origin length", fp[:6])
+	}
+	origin, value = rest[k:k+int(n)], rest[k+int(n):]
+	if sha256.Sum256(value) != fp {
+		return fp, nil, nil, fmt.Errorf("journal attachment for %x does not hash to it", fp[:6])
+	}
+	return fp, origin, value, nil
+}
+
 // replayValues writes again, durably, the value files of a journal record
 // being replayed whose file a crash left short, damaged or missing.
 func (s *Store) replayValues(attach [][]byte) error {
 	for _, a := range attach {
-		if len(a) < len(index.Fingerprint{}) {
-			return fmt.Errorf("journal attachment of %d bytes", len(a))
-		}
-		var fp index.Fingerprint
-		copy(fp[:], a)
-		value := a[len(fp):]
-		if sha256.Sum256(value) != fp {
-			return fmt.Errorf("journal attachment for %x does not hash to it", fp[:6])
+		fp, origin, value, err := decodeAttachment(a)
+		if err != nil {
+			return err
 		}
 		path := s.BlobPath(fp)
 		if have, err := os.ReadFile(path); err == nil && bytes.Equal(have, value) {
 			continue
 		}
-		if err := writeFileDurably(path, filepath.Join(s.dir, tmpDir), value); err != nil {
+		if err := writeFileDurably(path, filepath.Join(s.dir, tmpDir), value, origin); err != nil {
 			return err
 		}
 		s.log.Warn("value file restored from the index journal", "fingerprint", fmt.Sprintf("%x", fp[:]), "bytes", len(value))
@@ -75,12 +100,13 @@ func (s *Store) replayValues(attach [][]byte) error {
 
 // writeFileDurably replaces path with a read-only file holding data, synced
 // and named durably.
-func writeFileDurably(path, tmpDir string, data []byte) error {
+func writeFileDurably(path, tmpDir string, data, origin []byte) error {
 	f, err := os.CreateTemp(tmpDir, "replay-*"+tmpSuffix)
 	if err != nil {
 		return err
 	}
 	tmp := f.Name()
+	setOriginXattr(f, origin)
 	_, err = f.Write(data)
 	if err == nil {
 		err = f.Chmod(0o444)

@@ -377,7 +377,7 @@ func (w *Writer) commit() (index.Entry, error) {
 	if err := w.f.Chmod(0o444); err != nil {
 		return index.Entry{}, err
 	}
-	w.setOrigin(sniff)
+	origin := w.setOrigin(sniff)
 
 	s.blobMu.Lock()
 	concurrent := s.inflight[fp] > 0
@@ -398,7 +398,7 @@ func (w *Writer) commit() (index.Entry, error) {
 	var attach []byte
 	if w.size <= index.JournalMaxAttach {
 		var err error
-		if attach, err = w.nameBlobJournaled(fp); err != nil {
+		if attach, err = w.nameBlobJournaled(fp, origin); err != nil {
 			return index.Entry{}, err
 		}
 	}
@@ -529,20 +529,29 @@ func (s *Store) referenced(fp index.Fingerprint) bool {
 // is written under (originXattr), before the fsync that makes the blob
 // durable carries it along. Best effort: a filesystem without user xattrs
 // just has no names to offer a rebuild of the index.
-func (w *Writer) setOrigin(sniff []byte) {
+func (w *Writer) setOrigin(sniff []byte) []byte {
 	o := blobOrigin{Scope: w.scope.Name, Key: w.key, ContentType: w.opts.ContentType}
 	if o.ContentType == "" {
 		o.ContentType = guessContentType(w.key, sniff)
 	}
 	b, err := json.Marshal(o)
 	if err != nil {
+		return nil
+	}
+	setOriginXattr(w.f, b)
+	return b
+}
+
+// setOriginXattr sets originXattr on f, best effort.
+func setOriginXattr(f *os.File, origin []byte) {
+	if len(origin) == 0 {
 		return
 	}
-	rc, err := w.f.SyscallConn()
+	rc, err := f.SyscallConn()
 	if err != nil {
 		return
 	}
-	_ = rc.Control(func(fd uintptr) { _ = unix.Fsetxattr(int(fd), originXattr, b, 0) })
+	_ = rc.Control(func(fd uintptr) { _ = unix.Fsetxattr(int(fd), originXattr, origin, 0) })
 }
 
 func (w *Writer) newEntry(now time.Time, fp index.Fingerprint, sniff []byte, old index.Entry, found bool) index.Entry {

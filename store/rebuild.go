@@ -114,6 +114,16 @@ func (s *Store) rebuildIndex(damage error) (*FsckReport, error) {
 	if err := s.prepareLayout(); err != nil {
 		return rep, err
 	}
+	// 0. The values the index journal still holds: a crash may have left
+	// their files short (they were synced by the journal alone). They are
+	// content-addressed and checked, so whichever index the journal
+	// belonged to, writing them again is safe; the adoption below names
+	// them by the origin they carry.
+	if attach, err := index.JournalAttachments(filepath.Join(s.dir, indexName)); err == nil && len(attach) > 0 {
+		if err := s.replayValues(attach); err != nil {
+			return rep, err
+		}
+	}
 	blobs, err := s.scanBlobs()
 	if err != nil {
 		return rep, err
