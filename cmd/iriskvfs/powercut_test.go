@@ -5,6 +5,7 @@ package main
 import (
 	"bytes"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"maps"
 	"math/rand/v2"
@@ -59,7 +60,8 @@ const (
 // TestPowerCutWriter is a writer; it runs only inside TestPowerCut, twice:
 // with role "mount" two goroutines write through the mount, with role
 // "cli" one writes through the CLI, each on keys of its own (prefixes w0-,
-// w1-, c-), so each has at most one operation in flight on a key. Lines
+// w1-, c-), so each has at most one operation in flight on a key; each
+// reads only its own keys at the start (see powercutOwnValues). Lines
 // (one write(2) each, under PIPE_BUF):
 //
 //	ready
@@ -87,38 +89,35 @@ func TestPowerCutWriter(t *testing.T) {
 	}
 	say := announcer()
 	fail := func(err error) {
-		fmt.Fprintf(os.Stderr, "writer: %v\n", err)
+		// Both writers' stderr goes to one buffer: say which one failed.
+		fmt.Fprintf(os.Stderr, "writer (%s, pid %d): %v\n", os.Getenv(powercutRoleEnv), os.Getpid(), err)
 		os.Exit(3)
 	}
-	// What this writer's keys hold now (from the rounds before).
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		fail(err)
-	}
-	existing := map[string][]byte{}
-	for _, e := range ents {
-		if n := e.Name(); n[0] != '_' && n[0] != '.' {
-			b, err := os.ReadFile(filepath.Join(dir, n))
-			if err != nil {
-				fail(err)
-			}
-			existing[n] = b
-		}
-	}
-	say("ready")
-	var wg sync.WaitGroup
 	goroutines := []int{0, 1} // through the mount
 	if os.Getenv(powercutRoleEnv) == "cli" {
 		goroutines = []int{2}
 	}
+	prefixOf := func(w int) string {
+		if w == 2 {
+			return "c-"
+		}
+		return fmt.Sprintf("w%d-", w)
+	}
+	var prefixes []string
+	for _, w := range goroutines {
+		prefixes = append(prefixes, prefixOf(w))
+	}
+	existing, err := powercutOwnValues(dir, prefixes)
+	if err != nil {
+		fail(err)
+	}
+	say("ready")
+	var wg sync.WaitGroup
 	for _, w := range goroutines {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			prefix, viaCLI := fmt.Sprintf("w%d-", w), w == 2
-			if viaCLI {
-				prefix = "c-"
-			}
+			prefix, viaCLI := prefixOf(w), w == 2
 			vals := map[string][]byte{} // this goroutine's keys and values
 			for k, v := range existing {
 				if strings.HasPrefix(k, prefix) {
@@ -242,6 +241,79 @@ func TestPowerCutWriter(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// powercutOwnValues reads what the keys of dir with one of prefixes hold
+// now (from the rounds before): a writer's own keys. The other writer
+// process starts at the same time and is already removing and renaming its
+// own keys, so a name of its listed here may be gone by the time it is
+// opened: reading it would fail with ENOENT, through no fault of the mount.
+func powercutOwnValues(dir string, prefixes []string) (map[string][]byte, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	own := map[string][]byte{}
+	for _, e := range ents {
+		n := e.Name()
+		if !slices.ContainsFunc(prefixes, func(p string) bool { return strings.HasPrefix(n, p) }) {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, n))
+		if err != nil {
+			return nil, err
+		}
+		own[n] = b
+	}
+	return own, nil
+}
+
+// TestPowerCutWriterReadsOwnKeys: a writer's first read of the scope
+// leaves the other writer's keys alone. A name that is listed but gone at
+// the open (here a dangling symlink, as the other writer's rm or mv between
+// the listing and the open leaves it) fails only a writer that reads it;
+// the CLI writer read the mount writer's keys, and failed a cut in 25.
+func TestPowerCutWriterReadsOwnKeys(t *testing.T) {
+	// scope makes a directory of files (name: content) and of names gone
+	// at the open (content "gone": a dangling symlink).
+	scope := func(files map[string]string) string {
+		dir := t.TempDir()
+		for n, v := range files {
+			var err error
+			if v == "gone" {
+				err = os.Symlink(filepath.Join(dir, "nowhere"), filepath.Join(dir, n))
+			} else {
+				err = os.WriteFile(filepath.Join(dir, n), []byte(v), 0o644)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		return dir
+	}
+	for _, c := range []struct {
+		prefixes string
+		files    map[string]string
+		want     map[string]string // nil: the read fails with ENOENT
+	}{
+		{"c-", map[string]string{"c-a": "ca", "w0-hot1": "w0", "w0-mv-13107-233": "gone", "w1-new-763-156": "gone"},
+			map[string]string{"c-a": "ca"}},
+		{"w0- w1-", map[string]string{"w0-hot3": "w0", "w1-new-1-2": "w1", "c-a": "ca", "c-gone": "gone"},
+			map[string]string{"w0-hot3": "w0", "w1-new-1-2": "w1"}},
+		// A writer's own key gone is no race of the harness: it fails.
+		{"c-", map[string]string{"c-a": "ca", "c-gone": "gone"}, nil},
+	} {
+		got, err := powercutOwnValues(scope(c.files), strings.Fields(c.prefixes))
+		switch {
+		case c.want == nil && !errors.Is(err, os.ErrNotExist):
+			t.Errorf("writer of %s in %q: %v, want ENOENT", c.prefixes, c.files, err)
+		case c.want == nil:
+		case err != nil:
+			t.Errorf("writer of %s in %q: %v", c.prefixes, c.files, err)
+		case !maps.EqualFunc(got, c.want, func(b []byte, s string) bool { return string(b) == s }):
+			t.Errorf("writer of %s in %q read %q, want %q", c.prefixes, c.files, got, c.want)
+		}
+	}
 }
 
 // pcOp is an announced operation.
