@@ -58,7 +58,10 @@ type DB struct {
 	// (journaled commits), Update, a checkpoint.
 	commitMu sync.Mutex
 	j        *journal
-	ov       atomic.Pointer[overlay] // journaled changes not in bbolt yet
+	// needJournal: none exists yet, the first journaled commit makes it.
+	needJournal bool
+	journalID   [16]byte
+	ov          atomic.Pointer[overlay] // journaled changes not in bbolt yet
 	// epoch moves before every bbolt commit: a reader pairs an overlay
 	// with a bbolt transaction only if none began in between (View).
 	epoch atomic.Uint64
@@ -175,16 +178,17 @@ func OpenWith(path string, scopes []string, opts Options) (*DB, error) {
 }
 
 // openJournal opens the journal and replays it into bbolt.
+// A missing journal is made by the first commit that needs one
+// (ensureJournal): an index only read never has one.
 func (db *DB) openJournal(id [16]byte) error {
-	j, recs, err := openJournal(journalPath(db.path), id)
-	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-		// No room for a new journal (journalSize): commit without one,
-		// each commit synced in bbolt, as before journals.
-		_ = os.Remove(journalPath(db.path))
-		return nil
-	}
+	db.journalID = id
+	j, recs, err := openJournal(journalPath(db.path), id, false)
 	if err != nil {
 		return fmt.Errorf("index journal: %w", err)
+	}
+	if j == nil {
+		db.needJournal = true
+		return nil
 	}
 	if len(recs) > 0 {
 		all := make([]changes, 0, len(recs))
@@ -224,6 +228,23 @@ func (db *DB) openJournal(id [16]byte) error {
 	}
 	db.j = j
 	return nil
+}
+
+// ensureJournal makes the journal, once, for the first journaled commit
+// (commitMu held). Where it cannot be made (no room for journalSize, a
+// read-only directory), commits go on without one, each synced in bbolt,
+// as before journals.
+func (db *DB) ensureJournal() {
+	if !db.needJournal {
+		return
+	}
+	db.needJournal = false
+	j, _, err := openJournal(journalPath(db.path), db.journalID, true)
+	if err != nil {
+		_ = os.Remove(journalPath(db.path))
+		return
+	}
+	db.j = j
 }
 
 // Checkpoint moves the journaled changes into bbolt and empties the
@@ -395,6 +416,7 @@ func (db *DB) update(fn func(*Tx) error) error {
 // held. A commit too large for the journal is written into bbolt after a
 // checkpoint instead.
 func (db *DB) journaled(fn func(*Tx) error) error {
+	db.ensureJournal()
 	if db.j == nil {
 		return db.update(fn)
 	}

@@ -67,8 +67,17 @@ func journalPath(path string) string { return path + ".journal" }
 
 // openJournal opens (or creates) the journal of the index whose id is id
 // and returns it with the records to replay, oldest first.
-func openJournal(path string, id [16]byte) (*journal, [][]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+// A missing journal is created only when create is set (the first commit
+// that needs it): without, openJournal returns nil and no error.
+func openJournal(path string, id [16]byte, create bool) (*journal, [][]byte, error) {
+	flags := os.O_RDWR
+	if create {
+		flags |= os.O_CREATE
+	}
+	f, err := os.OpenFile(path, flags, 0o600)
+	if !create && errors.Is(err, os.ErrNotExist) {
+		return nil, nil, nil
+	}
 	if err != nil {
 		return nil, nil, err
 	}
