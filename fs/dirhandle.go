@@ -45,7 +45,19 @@ func (h *dirHandle) list() syscall.Errno {
 	}
 	h.listed, h.gen, h.entries, h.stale = true, gen, entries, false
 	h.dir.noteListing(gen, firstExpiryListed(entries))
+	h.sizeIndexAhead()
 	return 0
+}
+
+// sizeIndexAhead sizes the scope's _index.json in the background, on the
+// other CPU, while this listing is being served: the stat of it that
+// usually follows a listing (`ls -l`) then finds the size cached instead
+// of taking a pass over the whole scope. A read-only mount generates its
+// snapshots at lookup, not here.
+func (h *dirHandle) sizeIndexAhead() {
+	if !h.dir.fs.noOpen() {
+		go h.dir.indexSize() //nolint:errcheck // the stat that needs it will see the error
+	}
 }
 
 func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
@@ -90,8 +102,15 @@ func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 // a change it asks the store, as a LOOKUP would, so READDIRPLUS never
 // caches a name the change already invalidated.
 func (h *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if name == indexName {
+		// No attributes: the kernel may not keep those of _index.json
+		// (they change with every key), so any stat of it asks again,
+		// and sizing it here would only hold up the listing. Without a
+		// node id the kernel takes the name alone.
+		return nil, syscall.EAGAIN
+	}
 	pos := h.next - 1
-	if name == indexName || pos < 1 || pos > len(h.entries) || h.entries[pos-1].Key != name ||
+	if pos < 1 || pos > len(h.entries) || h.entries[pos-1].Key != name ||
 		h.dir.changes.Load() != h.gen {
 		return h.dir.Lookup(ctx, name, out)
 	}
