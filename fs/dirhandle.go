@@ -25,7 +25,31 @@ type dirHandle struct {
 	entries []index.Listed // the attributes of each key; no content type or metadata
 	next    int            // position of the next name: 0 is _index.json, i+1 is entries[i]
 	de      fuse.DirEntry  // the entry Readdirent returns (go-fuse copies it before the next call)
+
+	// Inodes made ahead of the kernel's requests (see prepare): cur holds
+	// the names being answered, ahead the ones after them.
+	cur, ahead *prepBatch
+	own        uint64 // inodes of prepared batches this handle gave out
 }
+
+// prepBatch is a run of listed names whose inodes a goroutine makes while
+// the kernel digests the previous answer. A READDIRPLUS answer of ~200
+// names keeps the kernel busy creating as many dentries and inodes, and
+// the daemon idle, before it asks for the next: making the next names'
+// inodes then, on the other CPU, takes that work out of the next request.
+// The inodes are only allocated (go-fuse's NewInode): go-fuse registers
+// them, and counts the kernel's reference, only for the names it sends,
+// so one never sent is garbage like any other.
+type prepBatch struct {
+	start, end int    // entries[start:end]
+	base       uint64 // dir.handouts - own when the names were checked free
+	ready      chan struct{}
+	files      []*keyFile // nil where the name had an inode already
+}
+
+// prepBatchSize is a little more than one READDIRPLUS answer of short
+// names (32 KiB, the buffer ls gives getdents, holds ~200).
+const prepBatchSize = 256
 
 var (
 	_ gofs.FileReaddirenter = (*dirHandle)(nil)
@@ -46,7 +70,60 @@ func (h *dirHandle) list() syscall.Errno {
 	h.listed, h.gen, h.entries, h.stale = true, gen, entries, false
 	h.dir.noteListing(gen, firstExpiryListed(entries))
 	h.sizeIndexAhead()
+	h.cur, h.ahead = h.prepare(0), nil
 	return 0
+}
+
+// prepare starts making the inodes of entries[start:] (one batch), for
+// names that have none, and returns the batch, or nil past the end.
+func (h *dirHandle) prepare(start int) *prepBatch {
+	end := min(start+prepBatchSize, len(h.entries))
+	if start < 0 || start >= end {
+		return nil
+	}
+	d := h.dir
+	b := &prepBatch{start: start, end: end, base: d.handouts.Load() - h.own, ready: make(chan struct{})}
+	entries := h.entries[start:end]
+	go func() {
+		files := make([]*keyFile, len(entries))
+		for i := range entries {
+			e := &entries[i]
+			if d.GetChild(e.Key) != nil {
+				continue // versionInode decides whether it still serves
+			}
+			files[i] = &keyFile{dir: d, key: e.Key, shown: e.Attrs}
+			d.NewInode(context.Background(), files[i], gofs.StableAttr{Mode: syscall.S_IFREG})
+		}
+		b.files = files
+		close(b.ready)
+	}()
+	return b
+}
+
+// prepared returns the inode made ahead for entries[i], if one was and the
+// name is still free: no inode was given out for any name of the scope
+// since it was checked, but by this handle from its batches. It keeps
+// the batch after i's in preparation.
+func (h *dirHandle) prepared(i int) *keyFile {
+	b := h.cur
+	if b == nil || i < b.start || i >= b.end {
+		if b = h.ahead; b == nil || i < b.start || i >= b.end {
+			// A seek, or the first name: pipeline from here on.
+			h.cur, h.ahead = nil, h.prepare(i+1)
+			return nil
+		}
+		h.cur, h.ahead = b, nil
+	}
+	if h.ahead == nil {
+		h.ahead = h.prepare(b.end)
+	}
+	<-b.ready
+	kf := b.files[i-b.start]
+	b.files[i-b.start] = nil // an inode is given out once
+	if kf == nil || h.dir.handouts.Load()-h.own != b.base {
+		return nil
+	}
+	return kf
 }
 
 // sizeIndexAhead sizes the scope's _index.json in the background, on the
@@ -92,6 +169,7 @@ func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	if off == 0 {
 		h.listed, h.entries = false, nil
+		h.cur, h.ahead = nil, nil
 	}
 	h.next = int(off)
 	return 0
@@ -118,11 +196,20 @@ func (h *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut)
 	if e.ExpiredAt(h.dir.fs.store.Now()) {
 		return nil, syscall.ENOENT
 	}
+	if kf := h.prepared(pos - 1); kf != nil {
+		if _, retrying, _ := h.dir.retryKind(ctx, name); !retrying {
+			h.dir.handouts.Add(1)
+			h.own++
+			kf.fillEntry(out, &e.Attrs)
+			return kf.EmbeddedInode(), 0
+		}
+	}
 	return h.dir.entryInode(ctx, name, &e.Attrs, nil, out), 0
 }
 
 func (h *dirHandle) Releasedir(ctx context.Context, releaseFlags uint32) {
 	h.entries = nil
+	h.cur, h.ahead = nil, nil
 }
 
 // firstExpiryListed is firstExpiry of a listing.
