@@ -92,7 +92,7 @@ func (h *dirHandle) prepare(start int) *prepBatch {
 				continue // versionInode decides whether it still serves
 			}
 			files[i] = &keyFile{dir: d, key: e.Key, shown: e.Attrs}
-			d.NewInode(context.Background(), files[i], gofs.StableAttr{Mode: syscall.S_IFREG})
+			d.NewInode(context.Background(), files[i], d.fs.keyFileAttr())
 		}
 		b.files = files
 		close(b.ready)

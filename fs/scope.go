@@ -297,7 +297,7 @@ func (d *scopeDir) versionInode(ctx context.Context, name string, a *index.Attrs
 		kf.x = &keyExtra{reservedFor: pid}
 	}
 	d.handouts.Add(1)
-	return d.NewInode(ctx, kf, gofs.StableAttr{Mode: syscall.S_IFREG})
+	return d.NewInode(ctx, kf, d.fs.keyFileAttr())
 }
 
 // OpendirHandle lets the kernel keep a scope's listing (FOPEN_CACHE_DIR)
@@ -389,7 +389,7 @@ func (d *scopeDir) Create(ctx context.Context, name string, flags uint32, mode u
 		h.truncated = flags&syscall.O_TRUNC != 0
 	}
 	d.handouts.Add(1)
-	ch := d.NewInode(ctx, kf, gofs.StableAttr{Mode: syscall.S_IFREG})
+	ch := d.NewInode(ctx, kf, d.fs.keyFileAttr())
 	kf.fillAttr(&out.Attr, h)
 	out.SetEntryTimeout(d.fs.opts.CacheTimeout)
 	out.SetAttrTimeout(noCache)
