@@ -2,6 +2,8 @@ package fs
 
 import (
 	"context"
+	"runtime"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -42,10 +44,25 @@ type dirHandle struct {
 // so one never sent is garbage like any other.
 type prepBatch struct {
 	start, end int    // entries[start:end]
-	base       uint64 // dir.handouts - own when the names were checked free
-	ready      chan struct{}
-	files      []*keyFile // nil where the name had an inode already
+	base       uint64 // dir.handouts - own before the goroutine checked names free
+	items      []prepItem
 }
+
+// prepItem is one name of a batch. The goroutine and the request share
+// the work: the request never waits for a goroutine that has not been
+// scheduled yet (Go runs it on the request's own processor unless another
+// one takes it), it makes the names the goroutine has not reached itself.
+type prepItem struct {
+	state atomic.Uint32 // itemFree, then itemMaking and itemMade, or itemTaken
+	kf    *keyFile      // set before itemMade; nil: the name had an inode
+}
+
+const (
+	itemFree   = iota
+	itemMaking // by the goroutine
+	itemMade   // by the goroutine
+	itemTaken  // by the request
+)
 
 // prepBatchSize is a little more than one READDIRPLUS answer of short
 // names (32 KiB, the buffer ls gives getdents, holds ~200).
@@ -82,28 +99,42 @@ func (h *dirHandle) prepare(start int) *prepBatch {
 		return nil
 	}
 	d := h.dir
-	b := &prepBatch{start: start, end: end, base: d.handouts.Load() - h.own, ready: make(chan struct{})}
+	b := &prepBatch{start: start, end: end, base: d.handouts.Load() - h.own, items: make([]prepItem, end-start)}
 	entries := h.entries[start:end]
-	go func() {
-		files := make([]*keyFile, len(entries))
-		for i := range entries {
-			e := &entries[i]
-			if d.GetChild(e.Key) != nil {
-				continue // versionInode decides whether it still serves
+	if !prepInline.Load() {
+		go func() {
+			for i := range b.items {
+				it := &b.items[i]
+				if it.state.CompareAndSwap(itemFree, itemMaking) {
+					it.kf = d.freeKeyInode(&entries[i])
+					it.state.Store(itemMade)
+				}
 			}
-			files[i] = &keyFile{dir: d, key: e.Key, shown: e.Attrs}
-			d.NewInode(context.Background(), files[i], d.fs.keyFileAttr())
-		}
-		b.files = files
-		close(b.ready)
-	}()
+		}()
+	}
 	return b
 }
 
-// prepared returns the inode made ahead for entries[i], if one was and the
-// name is still free: no inode was given out for any name of the scope
-// since it was checked, but by this handle from its batches. It keeps
-// the batch after i's in preparation.
+// prepInline is set by tests that make the request take every name
+// itself, as it does where the goroutine has not got to it yet.
+var prepInline atomic.Bool
+
+// freeKeyInode makes a new inode for e's key if the name has none in the
+// tree; with one, versionInode decides whether it still serves.
+func (d *scopeDir) freeKeyInode(e *index.Listed) *keyFile {
+	if d.GetChild(e.Key) != nil {
+		return nil
+	}
+	kf := &keyFile{dir: d, key: e.Key, shown: e.Attrs}
+	d.NewInode(context.Background(), kf, d.fs.keyFileAttr())
+	return kf
+}
+
+// prepared returns a new inode for entries[i] if the name has none: the
+// one made ahead, if the name is still free (no inode was given out for
+// any name of the scope since it was checked, but by this handle from its
+// batches), or, where the goroutine has not got to it, one made now. It
+// keeps the batch after i's in preparation.
 func (h *dirHandle) prepared(i int) *keyFile {
 	b := h.cur
 	if b == nil || i < b.start || i >= b.end {
@@ -117,13 +148,27 @@ func (h *dirHandle) prepared(i int) *keyFile {
 	if h.ahead == nil {
 		h.ahead = h.prepare(b.end)
 	}
-	<-b.ready
-	kf := b.files[i-b.start]
-	b.files[i-b.start] = nil // an inode is given out once
-	if kf == nil || h.dir.handouts.Load()-h.own != b.base {
-		return nil
+	it := &b.items[i-b.start]
+	for {
+		switch it.state.Load() {
+		case itemFree:
+			if it.state.CompareAndSwap(itemFree, itemTaken) {
+				return h.dir.freeKeyInode(&h.entries[i])
+			}
+		case itemMaking:
+			runtime.Gosched() // one name: about a microsecond
+		case itemMade:
+			it.state.Store(itemTaken) // an inode is given out once
+			kf := it.kf
+			it.kf = nil
+			if kf == nil || h.dir.handouts.Load()-h.own != b.base {
+				return nil
+			}
+			return kf
+		default:
+			return nil
+		}
 	}
-	return kf
 }
 
 // sizeIndexAhead sizes the scope's _index.json in the background, on the

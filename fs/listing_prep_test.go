@@ -90,11 +90,27 @@ func lstatIno(t *testing.T, path string) (uint64, int64, error) {
 	return st.Ino, st.Size, nil
 }
 
+// bothPrepModes runs test with inodes made ahead by the listing's
+// goroutines, then with every name left to the request (as when a
+// goroutine is not scheduled in time).
+func bothPrepModes(t *testing.T, test func(t *testing.T)) {
+	t.Run("ahead", test)
+	t.Run("inline", func(t *testing.T) {
+		prepInline.Store(true)
+		defer prepInline.Store(false)
+		test(t)
+	})
+}
+
 // TestListingPreparedInodesSeeChanges: a key deleted or replaced after
 // the listing was taken, while the daemon has its inode made ahead, shows
 // as the store has it when the listing reaches it: no stale size, no
 // deleted file.
 func TestListingPreparedInodesSeeChanges(t *testing.T) {
+	bothPrepModes(t, testPreparedInodesSeeChanges)
+}
+
+func testPreparedInodesSeeChanges(t *testing.T) {
 	tm := mountStore(t, mountOptions{})
 	putPrepKeys(t, tm)
 	fd := openDir(t, tm.path("task"))
@@ -135,6 +151,10 @@ func TestListingPreparedInodesSeeChanges(t *testing.T) {
 // does not hand out the one it made ahead), a re-read after a seek gives
 // the same inodes again, and every name has one inode.
 func TestListingPreparedInodesKeepIdentity(t *testing.T) {
+	bothPrepModes(t, testPreparedInodesKeepIdentity)
+}
+
+func testPreparedInodesKeepIdentity(t *testing.T) {
 	tm := mountStore(t, mountOptions{})
 	putPrepKeys(t, tm)
 	fd := openDir(t, tm.path("task"))
@@ -197,7 +217,9 @@ func TestListingPreparedInodesKeepIdentity(t *testing.T) {
 // kernel never got stay out of the daemon's tree, and the names the kernel
 // got leave it when the kernel forgets them (drop_caches): a listing
 // leaves nothing behind.
-func TestListingPreparedInodesNotKept(t *testing.T) {
+func TestListingPreparedInodesNotKept(t *testing.T) { bothPrepModes(t, testPreparedInodesNotKept) }
+
+func testPreparedInodesNotKept(t *testing.T) {
 	tm := mountStore(t, mountOptions{})
 	putPrepKeys(t, tm)
 	scope := tm.m.root.fs.scopes["task"]
