@@ -61,6 +61,20 @@ type FS struct {
 	// device is the mount's device number as mountinfo writes it
 	// ("major:minor"), once mounted; "" disables callerHolds.
 	device atomic.Pointer[string]
+	// keyInos numbers key inodes (keyFileAttr).
+	keyInos atomic.Uint64
+}
+
+// keyInoBase starts the inode numbers of key files, below go-fuse's
+// automatic ones (from 1<<63, for the other nodes): 2^62 numbers apart.
+const keyInoBase = 1 << 62
+
+// keyFileAttr is the identity of a new key inode. The inode number is
+// ours: go-fuse's automatic numbering takes its identity table's lock
+// twice per inode and probes the table (a cache miss in a table of 100k
+// nodes) to skip numbers in use, which ours never are.
+func (fs *FS) keyFileAttr() gofs.StableAttr {
+	return gofs.StableAttr{Mode: syscall.S_IFREG, Ino: keyInoBase + fs.keyInos.Add(1)}
 }
 
 // heldByCaller reports whether the process that sent the request in ctx

@@ -34,6 +34,11 @@ type scopeDir struct {
 	indexGen   uint64
 	indexUntil time.Time
 	changes    atomic.Uint64
+	// handouts counts the new key inodes given out for names in the scope
+	// (lookups, creates, listings): a name can only gain a child in the
+	// tree after one. A listing that made inodes ahead of time compares it
+	// to know that no name it found free was taken meanwhile.
+	handouts atomic.Uint64
 
 	// listingStale says the kernel's cached listing may be out of date.
 	listingStale atomic.Bool
@@ -291,7 +296,8 @@ func (d *scopeDir) versionInode(ctx context.Context, name string, a *index.Attrs
 	if forWrite {
 		kf.x = &keyExtra{reservedFor: pid}
 	}
-	return d.NewInode(ctx, kf, gofs.StableAttr{Mode: syscall.S_IFREG})
+	d.handouts.Add(1)
+	return d.NewInode(ctx, kf, d.fs.keyFileAttr())
 }
 
 // OpendirHandle lets the kernel keep a scope's listing (FOPEN_CACHE_DIR)
@@ -382,7 +388,8 @@ func (d *scopeDir) Create(ctx context.Context, name string, flags uint32, mode u
 		x.pendingAttr.Mode, x.pendingAttr.UID, x.pendingAttr.GID = 0, 0, 0
 		h.truncated = flags&syscall.O_TRUNC != 0
 	}
-	ch := d.NewInode(ctx, kf, gofs.StableAttr{Mode: syscall.S_IFREG})
+	d.handouts.Add(1)
+	ch := d.NewInode(ctx, kf, d.fs.keyFileAttr())
 	kf.fillAttr(&out.Attr, h)
 	out.SetEntryTimeout(d.fs.opts.CacheTimeout)
 	out.SetAttrTimeout(noCache)
