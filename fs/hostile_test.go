@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/iriskvfs/iriskvfs/index"
 )
 
 // snapshot is everything the store holds, entries with all their metadata.
@@ -189,15 +191,18 @@ func TestHostileNames(t *testing.T) {
 
 // TestWriteAfterFailedStartNotPublished: when a write could not even start
 // staging (the store refused to make the writer: here its directory went
-// read-only), the file is failed for good: a later write that would work
-// does not get a value with a hole published, and close reports the error.
+// read-only while the old value, too large to stage in memory, had to be
+// copied to a temporary file), the file is failed for good: a later write
+// that would work does not get a value with a hole published, and close
+// reports the error.
 func TestWriteAfterFailedStartNotPublished(t *testing.T) {
 	requireFUSE(t)
 	root := t.TempDir()
 	storeDir := filepath.Join(root, "store")
 	tm := mountStore(t, mountOptions{storeDir: storeDir})
 	p := tm.path("task", "k")
-	writeFile(t, p, []byte("0123456789"))
+	old := append([]byte("0123456789"), bytes.Repeat([]byte("."), index.JournalMaxAttach)...)
+	writeFile(t, p, old)
 	f, err := os.OpenFile(p, os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -210,7 +215,7 @@ func TestWriteAfterFailedStartNotPublished(t *testing.T) {
 	_, err = f.WriteAt([]byte("CD"), 4)
 	wantErrno(t, "the next write, the store writable again", err, syscall.EROFS)
 	wantErrno(t, "close", f.Close(), syscall.EROFS)
-	tm.wantValue(t, "task", "k", []byte("0123456789"))
+	tm.wantValue(t, "task", "k", old)
 }
 
 // readOnly bind-mounts dir read-only over itself: what a store sees when

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 
@@ -23,29 +22,35 @@ import (
 // (replayValues) before the entry is replayed. One fdatasync of the journal
 // instead of an fsync of the file and bbolt's two.
 
-// nameBlobJournaled gives the staged file the name of blob fp when nobody
-// has it, without syncing it, and returns the attachment that stands for
-// it in the journal (encodeAttachment). It returns nil (and the caller
-// syncs the file as usual) when the name is taken — a blob some entry may
-// rely on is never replaced by a file not synced — or the filesystem cannot
-// refuse to replace one (no RENAME_NOREPLACE).
-func (w *Writer) nameBlobJournaled(fp index.Fingerprint, origin []byte) ([]byte, error) {
-	attach, value := encodeAttachment(fp, origin, int(w.size))
-	if _, err := w.f.ReadAt(value, 0); err != nil && !errors.Is(err, io.EOF) {
+// writeBlobJournaled writes a value staged in memory as blob fp, created
+// under its name (where its inode is allocated: not in tmp/, among every
+// other staged value's) and not synced, and returns the attachment that
+// stands for it in the journal (encodeAttachment). It returns nil when the
+// name is taken: a blob some entry may rely on is never replaced by a file
+// not synced, and the caller takes the route that syncs it.
+func (w *Writer) writeBlobJournaled(fp index.Fingerprint, origin []byte) ([]byte, error) {
+	blob := w.s.BlobPath(fp)
+	f, err := os.OpenFile(blob, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if errors.Is(err, os.ErrExist) {
+		return nil, nil
+	}
+	if err != nil {
 		return nil, err
 	}
-	tmp := filepath.Join(w.s.dir, tmpDir, w.tmpName)
-	blob := w.s.BlobPath(fp)
-	err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, blob, unix.RENAME_NOREPLACE)
-	switch {
-	case err == nil:
-		w.renamed = true
-		return attach, nil
-	case errors.Is(err, unix.EEXIST), errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOSYS):
-		return nil, nil
-	default:
-		return nil, &os.LinkError{Op: "rename", Old: tmp, New: blob, Err: err}
+	setOriginXattr(f, origin)
+	_, err = f.Write(w.mem[:w.size])
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
+	if err != nil {
+		// No entry uses fp yet, and fp is in flight (no sweep or remove
+		// runs on it): the half-written file is ours to remove.
+		os.Remove(blob)
+		return nil, err
+	}
+	attach, value := encodeAttachment(fp, origin, int(w.size))
+	copy(value, w.mem[:w.size])
+	return attach, nil
 }
 
 // encodeAttachment lays out a journaled value: its fingerprint, its

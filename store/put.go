@@ -55,6 +55,11 @@ type Writer struct {
 	key   string
 	opts  PutOptions
 
+	// A value is staged in mem while it is small enough to ride in the
+	// index journal (memStageMax): no temporary file to create, rename or
+	// remove; it moves to the temporary file f when it grows past that.
+	mem     []byte
+	inFile  bool
 	f       *os.File
 	tmpName string
 	size    int64
@@ -86,9 +91,6 @@ func (s *Store) NewWriter(scope, key string, opts PutOptions) (*Writer, error) {
 	}
 	w := &Writer{s: s, scope: sc, key: key, opts: opts, hash: sha256.New()}
 	if err := w.refreshRoom(); err != nil {
-		return nil, opErr("put", scope, key, err)
-	}
-	if err := w.createTmp(); err != nil {
 		return nil, opErr("put", scope, key, err)
 	}
 	if opts.Base {
@@ -143,6 +145,27 @@ func (w *Writer) createTmp() error {
 		return err
 	}
 	w.f, w.tmpName = f, name
+	return nil
+}
+
+// memStageMax is the largest value staged in memory: what the journal
+// takes in a record.
+const memStageMax = index.JournalMaxAttach
+
+// toFile moves the staged value from memory to a temporary file.
+func (w *Writer) toFile() error {
+	if w.inFile {
+		return nil
+	}
+	if err := w.createTmp(); err != nil {
+		return err
+	}
+	w.inFile = true
+	if _, err := w.f.WriteAt(w.mem, 0); err != nil {
+		w.failed = err
+		return err
+	}
+	w.mem = nil
 	return nil
 }
 
@@ -241,7 +264,21 @@ func (w *Writer) WriteAt(p []byte, off int64) (int, error) {
 			return 0, opErr("write", w.scope.Name, w.key, err)
 		}
 	}
-	n, err := w.f.WriteAt(p, off)
+	var n int
+	var err error
+	if !w.inFile && end > memStageMax {
+		if err := w.toFile(); err != nil {
+			return 0, opErr("write", w.scope.Name, w.key, err)
+		}
+	}
+	if w.inFile {
+		n, err = w.f.WriteAt(p, off)
+	} else {
+		if end > int64(len(w.mem)) {
+			w.mem = append(w.mem, make([]byte, end-int64(len(w.mem)))...)
+		}
+		n = copy(w.mem[off:], p)
+	}
 	if w.hash != nil {
 		if off == w.size { // an append to the hashed prefix (hashed == size while hash is set)
 			w.hash.Write(p[:n])
@@ -270,6 +307,13 @@ func (w *Writer) ReadAt(p []byte, off int64) (int, error) {
 	if off >= w.size {
 		return 0, io.EOF
 	}
+	if !w.inFile {
+		n := copy(p, w.mem[off:w.size])
+		if n < len(p) {
+			return n, io.EOF
+		}
+		return n, nil
+	}
 	if max := w.size - off; int64(len(p)) > max {
 		p = p[:max]
 		n, err := w.f.ReadAt(p, off)
@@ -294,7 +338,17 @@ func (w *Writer) Truncate(size int64) error {
 			return opErr("truncate", w.scope.Name, w.key, err)
 		}
 	}
-	if err := w.f.Truncate(size); err != nil {
+	if !w.inFile && size > memStageMax {
+		if err := w.toFile(); err != nil {
+			return opErr("truncate", w.scope.Name, w.key, err)
+		}
+	}
+	if !w.inFile {
+		if size > int64(len(w.mem)) {
+			w.mem = append(w.mem, make([]byte, size-int64(len(w.mem)))...)
+		}
+		w.mem = w.mem[:size]
+	} else if err := w.f.Truncate(size); err != nil {
 		w.failed = err
 		return opErr("truncate", w.scope.Name, w.key, err)
 	}
@@ -330,6 +384,10 @@ func (w *Writer) Abort() {
 		return
 	}
 	w.done = true
+	w.mem = nil
+	if w.f == nil {
+		return
+	}
 	w.f.Close()
 	if !w.renamed {
 		os.Remove(filepath.Join(w.s.dir, tmpDir, w.tmpName))
@@ -361,9 +419,12 @@ func (w *Writer) commit() (index.Entry, error) {
 		return index.Entry{}, ErrClosed
 	}
 	var fp index.Fingerprint
-	if w.hash != nil && w.hashed == w.size {
+	switch {
+	case w.hash != nil && w.hashed == w.size:
 		copy(fp[:], w.hash.Sum(nil))
-	} else {
+	case !w.inFile:
+		fp = sha256.Sum256(w.mem)
+	default:
 		h := sha256.New()
 		if _, err := io.Copy(h, io.NewSectionReader(w.f, 0, w.size)); err != nil {
 			return index.Entry{}, err
@@ -371,13 +432,10 @@ func (w *Writer) commit() (index.Entry, error) {
 		copy(fp[:], h.Sum(nil))
 	}
 	sniff := make([]byte, min(w.size, 512))
-	if _, err := w.f.ReadAt(sniff, 0); err != nil && !errors.Is(err, io.EOF) {
+	if _, err := w.ReadAt(sniff, 0); err != nil && !errors.Is(err, io.EOF) {
 		return index.Entry{}, err
 	}
-	if err := w.f.Chmod(0o444); err != nil {
-		return index.Entry{}, err
-	}
-	origin := w.setOrigin(sniff)
+	origin := w.origin(sniff)
 
 	s.blobMu.Lock()
 	concurrent := s.inflight[fp] > 0
@@ -396,13 +454,23 @@ func (w *Writer) commit() (index.Entry, error) {
 	// A small value whose file takes a new name rides in the index
 	// journal's record (journaled.go): one fdatasync for value and entry.
 	var attach []byte
-	if w.size <= index.JournalMaxAttach {
+	if !w.inFile {
 		var err error
-		if attach, err = w.nameBlobJournaled(fp, origin); err != nil {
+		if attach, err = w.writeBlobJournaled(fp, origin); err != nil {
 			return index.Entry{}, err
+		}
+		if attach == nil {
+			// The name is taken: the file route, which may replace it.
+			if err := w.toFile(); err != nil {
+				return index.Entry{}, err
+			}
 		}
 	}
 	if attach == nil {
+		if err := w.f.Chmod(0o444); err != nil {
+			return index.Entry{}, err
+		}
+		setOriginXattr(w.f, origin)
 		if err := w.nameBlob(fp, concurrent); err != nil {
 			return index.Entry{}, err
 		}
@@ -525,11 +593,11 @@ func (s *Store) referenced(fp index.Fingerprint) bool {
 	return n > 0
 }
 
-// setOrigin records on the staged blob the scope, key and content type it
-// is written under (originXattr), before the fsync that makes the blob
+// origin is what the blob records of the scope, key and content type it
+// is written under (originXattr), set before the sync that makes the blob
 // durable carries it along. Best effort: a filesystem without user xattrs
 // just has no names to offer a rebuild of the index.
-func (w *Writer) setOrigin(sniff []byte) []byte {
+func (w *Writer) origin(sniff []byte) []byte {
 	o := blobOrigin{Scope: w.scope.Name, Key: w.key, ContentType: w.opts.ContentType}
 	if o.ContentType == "" {
 		o.ContentType = guessContentType(w.key, sniff)
@@ -538,7 +606,6 @@ func (w *Writer) setOrigin(sniff []byte) []byte {
 	if err != nil {
 		return nil
 	}
-	setOriginXattr(w.f, b)
 	return b
 }
 

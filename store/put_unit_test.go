@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iriskvfs/iriskvfs/index"
 	"github.com/iriskvfs/iriskvfs/store"
 )
 
@@ -354,12 +355,17 @@ func TestWriterLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.Write([]byte("new"))
-	// Nothing is visible before Commit.
+	// Nothing is visible before Commit. A small value is staged in memory.
+	utMustGet(t, s, "task", "k", "old")
+	if tmp := utTmpFiles(t, s.Dir()); len(tmp) != 0 {
+		t.Fatalf("tmp files of a writer of 3 bytes: %v", tmp)
+	}
+	// A large one moves to a temporary file, which fsck leaves alone.
+	w.Write(bytes.Repeat([]byte("n"), index.JournalMaxAttach))
 	utMustGet(t, s, "task", "k", "old")
 	if tmp := utTmpFiles(t, s.Dir()); len(tmp) != 1 {
 		t.Fatalf("tmp files of an open writer: %v", tmp)
 	}
-	// Fsck leaves a live writer's tmp file alone.
 	utFsckClean(t, s)
 	w.Abort()
 	w.Abort() // idempotent
