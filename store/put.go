@@ -93,6 +93,13 @@ func (s *Store) NewWriter(scope, key string, opts PutOptions) (*Writer, error) {
 	if err := w.refreshRoom(); err != nil {
 		return nil, opErr("put", scope, key, err)
 	}
+	// A value staged in memory touches the disk only at commit: a store
+	// that cannot be written (a read-only mount under it) is refused
+	// here, at the first write, as the temporary file's creation did,
+	// rather than at a close that callers like a shell never check.
+	if err := unix.Access(filepath.Join(s.dir, blobsDir), unix.W_OK); err != nil {
+		return nil, opErr("put", scope, key, &os.PathError{Op: "access", Path: filepath.Join(s.dir, blobsDir), Err: err})
+	}
 	if opts.Base {
 		if err := w.copyBase(); err != nil {
 			w.Abort()
