@@ -22,31 +22,41 @@ import (
 // (replayValues) before the entry is replayed. One fdatasync of the journal
 // instead of an fsync of the file and bbolt's two.
 
-// writeBlobJournaled writes a value staged in memory as blob fp, created
-// under its name (where its inode is allocated: not in tmp/, among every
-// other staged value's) and not synced, and returns the attachment that
-// stands for it in the journal (encodeAttachment). It returns nil when the
-// name is taken: a blob some entry may rely on is never replaced by a file
-// not synced, and the caller takes the route that syncs it.
+// writeBlobJournaled writes a value staged in memory as blob fp, unsynced,
+// and returns the attachment that stands for it in the journal
+// (encodeAttachment). The file is made unnamed in the blob's own directory
+// (O_TMPFILE: its inode is allocated there, not in tmp/ among every other
+// staged value's) and linked under its name once whole: a reader never
+// sees part of it under that name. It returns nil when the name is taken
+// (a blob some entry may rely on is never replaced by a file not synced)
+// or the filesystem cannot make unnamed files; the caller then takes the
+// route that syncs the value in its own file.
 func (w *Writer) writeBlobJournaled(fp index.Fingerprint, origin []byte) ([]byte, error) {
 	blob := w.s.BlobPath(fp)
-	f, err := os.OpenFile(blob, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
-	if errors.Is(err, os.ErrExist) {
-		return nil, nil
-	}
+	fd, err := unix.Open(filepath.Dir(blob), unix.O_TMPFILE|unix.O_WRONLY|unix.O_CLOEXEC, 0o444)
 	if err != nil {
-		return nil, err
+		if errors.Is(err, unix.EROFS) {
+			return nil, &os.PathError{Op: "open", Path: filepath.Dir(blob), Err: err}
+		}
+		return nil, nil // EOPNOTSUPP, EISDIR, ...: no unnamed files here
 	}
+	f := os.NewFile(uintptr(fd), blob)
+	defer f.Close()
 	setOriginXattr(f, origin)
-	_, err = f.Write(w.mem[:w.size])
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		// No entry uses fp yet, and fp is in flight (no sweep or remove
-		// runs on it): the half-written file is ours to remove.
-		os.Remove(blob)
+	if _, err := f.Write(w.mem[:w.size]); err != nil {
 		return nil, err
+	}
+	err = unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", fd), unix.AT_FDCWD, blob, unix.AT_SYMLINK_FOLLOW)
+	if errors.Is(err, unix.ENOENT) {
+		// No /proc: by the descriptor itself (needs CAP_DAC_READ_SEARCH).
+		err = unix.Linkat(fd, "", unix.AT_FDCWD, blob, unix.AT_EMPTY_PATH)
+	}
+	switch {
+	case err == nil:
+	case errors.Is(err, unix.EEXIST), errors.Is(err, unix.ENOENT), errors.Is(err, unix.EPERM):
+		return nil, nil
+	default:
+		return nil, &os.LinkError{Op: "link", Old: f.Name(), New: blob, Err: err}
 	}
 	attach, value := encodeAttachment(fp, origin, int(w.size))
 	copy(value, w.mem[:w.size])
