@@ -66,6 +66,10 @@ type DB struct {
 	// with a bbolt transaction only if none began in between (View).
 	epoch atomic.Uint64
 
+	// A checkpoint started in the background (journaled).
+	bg        sync.WaitGroup
+	bgRunning atomic.Bool
+
 	// Journal counters, for the store's statistics.
 	JournalCommits atomic.Int64
 	Checkpoints    atomic.Int64
@@ -331,6 +335,7 @@ func checkSize(path string, tx *bolt.Tx) error {
 
 // Close closes the index.
 func (db *DB) Close() error {
+	db.bg.Wait()
 	db.commitMu.Lock()
 	defer db.commitMu.Unlock()
 	err := db.checkpoint()
@@ -462,10 +467,23 @@ func (db *DB) journaled(fn func(*Tx) error) error {
 	ov := db.ov.Load().with(t.w)
 	db.ov.Store(ov)
 	db.JournalCommits.Add(1)
-	if ov.n >= db.opts.CheckpointChanges {
+	switch {
+	case ov.n >= db.opts.CheckpointChanges:
 		// The commit is durable and published; a failed checkpoint
 		// leaves it in the journal, to be tried again.
 		_ = db.checkpoint()
+	case ov.n >= db.opts.CheckpointChanges/2 && db.opts.Sync != nil && db.bgRunning.CompareAndSwap(false, true):
+		// Half full: checkpoint in the background, its slow part (the
+		// sync of every file written since the last one) before it takes
+		// the commit lock, so that writers seldom wait for a checkpoint.
+		db.bg.Add(1)
+		go func() {
+			defer db.bg.Done()
+			defer db.bgRunning.Store(false)
+			if db.opts.Sync() == nil {
+				_ = db.Checkpoint()
+			}
+		}()
 	}
 	return nil
 }
