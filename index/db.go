@@ -472,10 +472,12 @@ func (db *DB) journaled(fn func(*Tx) error) error {
 		// The commit is durable and published; a failed checkpoint
 		// leaves it in the journal, to be tried again.
 		_ = db.checkpoint()
-	case ov.n >= db.opts.CheckpointChanges/2 && db.opts.Sync != nil && db.bgRunning.CompareAndSwap(false, true):
-		// Half full: checkpoint in the background, its slow part (the
-		// sync of every file written since the last one) before it takes
-		// the commit lock, so that writers seldom wait for a checkpoint.
+	case (ov.n >= db.opts.CheckpointChanges/2 || db.j.off >= journalSize/2) && db.opts.Sync != nil && db.bgRunning.CompareAndSwap(false, true):
+		// Half full (the overlay, or the journal: a few large values
+		// fill it long before the overlay): checkpoint in the
+		// background, its slow part (the sync of every file written
+		// since the last one) before it takes the commit lock, so that
+		// writers seldom wait for a checkpoint.
 		db.bg.Add(1)
 		go func() {
 			defer db.bg.Done()
