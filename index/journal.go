@@ -54,12 +54,11 @@ var crcTable = crc32.MakeTable(crc32.Castagnoli)
 var keyJournalID = []byte("journal-id")
 
 type journal struct {
-	f    *os.File
-	id   [16]byte
-	gen  uint64
-	seq  uint64
-	off  int64 // where the next record goes
-	recs int   // records since the last reset
+	f   *os.File
+	id  [16]byte
+	gen uint64
+	seq uint64
+	off int64 // where the next record goes
 }
 
 // journalPath is the journal of the index at path.
@@ -196,7 +195,7 @@ func (j *journal) reset() error {
 	if err := unix.Fdatasync(int(j.f.Fd())); err != nil {
 		return err
 	}
-	j.off, j.seq, j.recs = journalHeader, 0, 0
+	j.off, j.seq = journalHeader, 0
 	return nil
 }
 
@@ -233,7 +232,6 @@ func (j *journal) append(body []byte) error {
 	}
 	j.off += int64(len(rec))
 	j.seq++
-	j.recs++
 	return nil
 }
 
@@ -363,7 +361,7 @@ func sortedKeys[V any](m map[string]V) []string {
 	for k := range m {
 		keys = append(keys, k)
 	}
-	sortStrings(keys)
+	slices.Sort(keys)
 	return keys
 }
 
@@ -381,4 +379,3 @@ func syncParent(path string) error {
 	defer d.Close()
 	return d.Sync()
 }
-func sortStrings(s []string) { slices.Sort(s) }
