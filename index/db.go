@@ -196,6 +196,7 @@ func (db *DB) openJournal(id [16]byte) error {
 	}
 	if len(recs) > 0 {
 		all := make([]changes, 0, len(recs))
+		attached := false
 		for i, body := range recs {
 			c, attach, err := decodeRecord(body)
 			if err != nil {
@@ -205,6 +206,7 @@ func (db *DB) openJournal(id [16]byte) error {
 				return fmt.Errorf("index journal: record %d: %w", i, err)
 			}
 			if len(attach) > 0 && db.opts.Replay != nil {
+				attached = true
 				if err := db.opts.Replay(attach); err != nil {
 					j.f.Close()
 					return fmt.Errorf("index journal: replaying record %d: %w", i, err)
@@ -212,16 +214,26 @@ func (db *DB) openJournal(id [16]byte) error {
 			}
 			all = append(all, c)
 		}
-		err := guard(db.path, func() error {
-			return db.bolt.Update(func(tx *bolt.Tx) error {
-				for _, c := range all {
-					if err := apply(tx, c); err != nil {
-						return err
+		var err error
+		if attached && db.opts.Sync != nil {
+			// The replay empties the journal, as a checkpoint does: the
+			// files its records stood for must be durable first, those
+			// found whole (a kill leaves them in the page cache, unsynced)
+			// as much as those Replay wrote again.
+			err = db.opts.Sync()
+		}
+		if err == nil {
+			err = guard(db.path, func() error {
+				return db.bolt.Update(func(tx *bolt.Tx) error {
+					for _, c := range all {
+						if err := apply(tx, c); err != nil {
+							return err
+						}
 					}
-				}
-				return nil
+					return nil
+				})
 			})
-		})
+		}
 		if err == nil {
 			err = j.reset()
 		}

@@ -124,8 +124,12 @@ func TestJournalReplaysAfterCrash(t *testing.T) {
 			t.Fatal(err)
 		}
 		replayed = nil
+		syncsBeforeOpen := syncs.Load()
 		db = open()
 		model.check(t, db, fmt.Sprintf("round %d, after the crash", round))
+		if len(replayed) > 0 && syncs.Load() == syncsBeforeOpen {
+			t.Errorf("round %d: the replay emptied the journal of %d attachments without Sync", round, len(replayed))
+		}
 		// Checkpoints run in the background too: what the journal held
 		// at the crash is the attachments since the last one, in order.
 		if len(replayed) > len(attached) || !slices.EqualFunc(replayed, attached[len(attached)-len(replayed):], bytes.Equal) {
@@ -323,4 +327,36 @@ func TestJournalReadersSeeWholeCommits(t *testing.T) {
 	}
 	t.Logf("%d views, %d journal commits, %d checkpoints", views.Load(), db.JournalCommits.Load(), db.Checkpoints.Load())
 	checkConsistent(t, db)
+}
+
+// TestJournalHalfFullCheckpoints: large attachments fill the journal long
+// before the overlay fills; once half the journal is used a checkpoint runs
+// in the background, so that no writer has to wait for one taken because
+// the journal is full.
+func TestJournalHalfFullCheckpoints(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	var syncs atomic.Int64
+	db, err := index.OpenWith(path, testScopes, index.Options{
+		Sync:              func() error { syncs.Add(1); return nil },
+		CheckpointChanges: 1 << 20, // never the reason here
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	value := bytes.Repeat([]byte("v"), index.JournalMaxAttach)
+	// 9 records of 256 KiB: past half of the 4 MiB journal, far from full.
+	for i := 0; i < 9; i++ {
+		e := entry("artifacts", fmt.Sprintf("big%d", i), fmt.Sprint(i), time.Time{})
+		if err := db.Batch(func(tx *index.Tx) error { tx.Attach(value); _, _, err := tx.Put(e); return err }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.WaitForTest()
+	if n := db.Checkpoints.Load(); n != 1 {
+		t.Errorf("%d checkpoints after 2.25 MiB of attachments, want 1 (in the background)", n)
+	}
+	if syncs.Load() < 2 {
+		t.Errorf("the background checkpoint synced %d times, want the sync before the lock and the one in it", syncs.Load())
+	}
 }

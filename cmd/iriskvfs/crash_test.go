@@ -142,10 +142,15 @@ type crashOp struct {
 // crashIterations is how many kills a crash test makes: $IRISKVFS_CRASH_ITERATIONS
 // (make stress), else normal, or short with -short.
 func crashIterations(t *testing.T, normal, short int) int {
-	if v := os.Getenv(crashItersEnv); v != "" {
+	return iterations(t, crashItersEnv, normal, short)
+}
+
+// iterations is $env (make stress), else normal, or short with -short.
+func iterations(t *testing.T, env string, normal, short int) int {
+	if v := os.Getenv(env); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
-			t.Fatalf("%s=%q: want a positive number", crashItersEnv, v)
+			t.Fatalf("%s=%q: want a positive number", env, v)
 		}
 		return n
 	}

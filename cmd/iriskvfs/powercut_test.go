@@ -393,26 +393,12 @@ type pcStats struct {
 	modes                                  map[string]int
 }
 
-func powercutIterations(t *testing.T) int {
-	if v := os.Getenv(powercutItersEnv); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			t.Fatalf("%s=%q: want a positive number", powercutItersEnv, v)
-		}
-		return n
-	}
-	if testing.Short() {
-		return 2
-	}
-	return 3
-}
-
 func TestPowerCut(t *testing.T) {
 	requireLoop(t)
 	// Checkpoints every dozen puts or so, so that cuts fall before, in and
 	// after them: the daemons inherit the environment.
 	t.Setenv(checkpointChangesEnv, "48")
-	iters := powercutIterations(t)
+	iters := iterations(t, powercutItersEnv, 3, 2)
 	seed := crashSeed()
 	t.Logf("seed %d (set %s to replay the same choices), %d cuts", seed, crashSeedEnv, iters)
 	rng := rand.New(rand.NewPCG(seed, 13))
